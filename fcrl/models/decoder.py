@@ -1,0 +1,189 @@
+"""One decoder for Llama, Qwen2/2.5 and Qwen3: GQA, RoPE (Llama-3 scaling), SwiGLU, RMSNorm.
+
+Family differences are config flags: q/k/v (and o) biases, q/k RMSNorm, tied embeddings.
+Matmuls take parameters cast to the compute dtype and accumulate in float32
+(`preferred_element_type`), which is also what makes bf16 fast on CPUs with AMX.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fcrl.models.config import ModelConfig
+from fcrl.sharding import constrain
+
+
+def dot(eq: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum accumulating in float32, returned in `a`'s dtype."""
+    return jnp.einsum(eq, a, b.astype(a.dtype), preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32, scaled after casting back (as HF does)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype).reshape((1,) * (x.ndim - 1) + w.shape) * y.astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """Inverse frequencies [E/2], with Llama 3's wavelength-dependent scaling if configured."""
+    inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2) / cfg.head_dim)
+    if cfg.rope_llama3 is None:
+        return inv_freq
+    factor, low, high, orig = cfg.rope_llama3
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > orig / low, inv_freq / factor, inv_freq)
+    smooth = (orig / wavelen - low) / (high - low)
+    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+    return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def apply_rope(x_BTNE: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotates halves (HF's `rotate_half` layout) by position × frequency, in float32."""
+    angles_BTE = positions_BT[..., None].astype(jnp.float32) * inv_freq[None, None]
+    cos, sin = jnp.cos(angles_BTE)[:, :, None], jnp.sin(angles_BTE)[:, :, None]
+    x1, x2 = jnp.split(x_BTNE.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTNE.dtype)
+
+
+def attention(
+    q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask_BTS: jax.Array
+) -> jax.Array:
+    """Grouped-query attention; each kv head serves R = H / K query heads. Softmax in float32."""
+    b, t, h, e = q_BTHE.shape
+    k = k_BSKE.shape[2]
+    q_BTKRE = q_BTHE.reshape(b, t, k, h // k, e)
+    scores_BKRTS = jnp.einsum(
+        "BTKRE,BSKE->BKRTS", q_BTKRE, k_BSKE, preferred_element_type=jnp.float32
+    ) / math.sqrt(e)
+    # A finite floor keeps fully masked rows (left padding) free of NaN.
+    scores_BKRTS = jnp.where(mask_BTS[:, None, None], scores_BKRTS, jnp.finfo(jnp.float32).min)
+    probs_BKRTS = jax.nn.softmax(scores_BKRTS, axis=-1).astype(v_BSKE.dtype)
+    out_BTKRE = dot("BKRTS,BSKE->BTKRE", probs_BKRTS, v_BSKE)
+    return out_BTKRE.reshape(b, t, h, e)
+
+
+def normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: str) -> nnx.Param:
+    return nnx.Param(0.02 * jax.random.normal(rngs.params(), shape, dtype))
+
+
+class Layer(nnx.Module):
+    """One transformer block: pre-norm attention and pre-norm SwiGLU MLP."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, f, h, k, e, pd = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.param_dtype,
+        )
+        self.cfg = cfg
+        self.attn_norm_D = nnx.Param(jnp.ones((d,), pd))
+        self.q_DHE = normal(rngs, (d, h, e), pd)
+        self.k_DKE = normal(rngs, (d, k, e), pd)
+        self.v_DKE = normal(rngs, (d, k, e), pd)
+        self.o_HED = normal(rngs, (h, e, d), pd)
+        if cfg.qkv_bias:
+            self.q_bias_HE = nnx.Param(jnp.zeros((h, e), pd))
+            self.k_bias_KE = nnx.Param(jnp.zeros((k, e), pd))
+            self.v_bias_KE = nnx.Param(jnp.zeros((k, e), pd))
+        if cfg.o_bias:
+            self.o_bias_D = nnx.Param(jnp.zeros((d,), pd))
+        if cfg.qk_norm:
+            self.q_norm_E = nnx.Param(jnp.ones((e,), pd))
+            self.k_norm_E = nnx.Param(jnp.ones((e,), pd))
+        self.mlp_norm_D = nnx.Param(jnp.ones((d,), pd))
+        self.gate_DF = normal(rngs, (d, f), pd)
+        self.up_DF = normal(rngs, (d, f), pd)
+        self.down_FD = normal(rngs, (f, d), pd)
+
+    def __call__(
+        self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BTS: jax.Array, inv_freq: jax.Array
+    ) -> jax.Array:
+        cfg = self.cfg
+        h_BTD = rms_norm(x_BTD, self.attn_norm_D[...], cfg.rms_eps)
+        q_BTHE = dot("BTD,DHE->BTHE", h_BTD, self.q_DHE[...])
+        k_BTKE = dot("BTD,DKE->BTKE", h_BTD, self.k_DKE[...])
+        v_BTKE = dot("BTD,DKE->BTKE", h_BTD, self.v_DKE[...])
+        if cfg.qkv_bias:
+            q_BTHE += self.q_bias_HE[...].astype(q_BTHE.dtype)[None, None]
+            k_BTKE += self.k_bias_KE[...].astype(k_BTKE.dtype)[None, None]
+            v_BTKE += self.v_bias_KE[...].astype(v_BTKE.dtype)[None, None]
+        if cfg.qk_norm:
+            q_BTHE = rms_norm(q_BTHE, self.q_norm_E[...], cfg.rms_eps)
+            k_BTKE = rms_norm(k_BTKE, self.k_norm_E[...], cfg.rms_eps)
+        q_BTHE = constrain(apply_rope(q_BTHE, positions_BT, inv_freq), "act_BTHE")
+        k_BTKE = constrain(apply_rope(k_BTKE, positions_BT, inv_freq), "act_BTKE")
+        attn_BTHE = attention(q_BTHE, k_BTKE, v_BTKE, mask_BTS)
+        out_BTD = dot("BTHE,HED->BTD", attn_BTHE, self.o_HED[...])
+        if cfg.o_bias:
+            out_BTD += self.o_bias_D[...].astype(out_BTD.dtype)[None, None]
+        x_BTD = constrain(x_BTD + out_BTD, "act_BTD")
+        h_BTD = rms_norm(x_BTD, self.mlp_norm_D[...], cfg.rms_eps)
+        gate_BTF = jax.nn.silu(dot("BTD,DF->BTF", h_BTD, self.gate_DF[...]))
+        up_BTF = constrain(gate_BTF * dot("BTD,DF->BTF", h_BTD, self.up_DF[...]), "act_BTF")
+        return constrain(x_BTD + dot("BTF,FD->BTD", up_BTF, self.down_FD[...]), "act_BTD")
+
+
+class Decoder(nnx.Module):
+    """Token ids → float32 logits. Layers are stacked on a leading L axis and run by `lax.scan`."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_VD = normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.param_dtype)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(rngs: nnx.Rngs) -> Layer:
+            return Layer(cfg, rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm_D = nnx.Param(jnp.ones((cfg.hidden_size,), cfg.param_dtype))
+        if not cfg.tie_embeddings:
+            self.lm_head_DV = normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.param_dtype)
+
+    def __call__(
+        self, tokens_BT: jax.Array, mask_BT: jax.Array, positions_BT: jax.Array | None = None
+    ) -> jax.Array:
+        """Causal forward over a (left- or right-) padded batch.
+
+        Args:
+          tokens_BT: int token ids.
+          mask_BT: True on real tokens; padding is neither attended to nor counted in positions.
+          positions_BT: RoPE positions; by default the count of real tokens before each one.
+        """
+        cfg = self.cfg
+        mask_BT = mask_BT.astype(bool)
+        if positions_BT is None:
+            positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
+        t = tokens_BT.shape[1]
+        causal_TS = jnp.tril(jnp.ones((t, t), bool))
+        mask_BTS = causal_TS[None] & mask_BT[:, None, :]
+        inv_freq = rope_frequencies(cfg)
+        x_BTD = self.embed_VD[...].astype(cfg.dtype)[tokens_BT]
+        x_BTD = constrain(x_BTD, "act_BTD")
+
+        graphdef, layers = nnx.split(self.layers)
+
+        def body(x_BTD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
+            layer = nnx.merge(graphdef, layer_state)
+            return layer(x_BTD, positions_BT, mask_BTS, inv_freq), None
+
+        x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
+        x_BTD = rms_norm(x_BTD, self.final_norm_D[...], cfg.rms_eps)
+        if cfg.tie_embeddings:
+            head = self.embed_VD[...].astype(x_BTD.dtype)
+            logits_BTV = jnp.einsum(
+                "BTD,VD->BTV", x_BTD, head, preferred_element_type=jnp.float32
+            )
+        else:
+            head = self.lm_head_DV[...].astype(x_BTD.dtype)
+            logits_BTV = jnp.einsum(
+                "BTD,DV->BTV", x_BTD, head, preferred_element_type=jnp.float32
+            )
+        return constrain(logits_BTV, "act_BTV")

@@ -1,0 +1,131 @@
+"""Device meshes and sharding as data: ordered (param-path regex → PartitionSpec) rule tables.
+
+The first rule whose regex fully matches a parameter path ('layers/q_DHE') wins; a path that
+matches no rule is an error, so anything replicated is replicated by an explicit row. Specs of
+`layers/*` parameters start with None for the stacked L axis.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch is split over every data-parallel axis
+
+Rules = Sequence[tuple[str, P]]
+
+TRAIN_RULES: Rules = (
+    ("embed_VD", P("tensor", "fsdp")),
+    ("layers/(attn|mlp)_norm_D", P(None, None)),
+    ("layers/q_DHE", P(None, "fsdp", "tensor", None)),
+    ("layers/[kv]_DKE", P(None, "fsdp", "tensor", None)),
+    ("layers/o_HED", P(None, "tensor", None, "fsdp")),
+    ("layers/q_bias_HE", P(None, "tensor", None)),
+    ("layers/[kv]_bias_KE", P(None, "tensor", None)),
+    ("layers/o_bias_D", P(None, None)),
+    ("layers/[qk]_norm_E", P(None, None)),
+    ("layers/(gate|up)_DF", P(None, "fsdp", "tensor")),
+    ("layers/down_FD", P(None, "tensor", "fsdp")),
+    ("final_norm_D", P(None)),
+    ("lm_head_DV", P("fsdp", "tensor")),
+)
+
+
+def without_axis(rules: Rules, axis: str) -> Rules:
+    """The same table with one mesh axis replaced by None (e.g. no FSDP for sampling)."""
+
+    def drop(entry: str | tuple | None) -> str | tuple | None:
+        if isinstance(entry, tuple):
+            kept = tuple(a for a in entry if a != axis)
+            return kept or None
+        return None if entry == axis else entry
+
+    return tuple((pattern, P(*(drop(e) for e in spec))) for pattern, spec in rules)
+
+
+# Sampling keeps weights whole along the data axes and splits them over `tensor` only.
+SAMPLE_RULES: Rules = without_axis(TRAIN_RULES, "fsdp")
+
+ACTIVATIONS: Mapping[str, P] = {
+    "act_BTD": P(BATCH, None, None),
+    "act_BTHE": P(BATCH, None, "tensor", None),
+    "act_BTKE": P(BATCH, None, "tensor", None),
+    "act_BTF": P(BATCH, None, "tensor"),
+    "act_BTV": P(BATCH, None, "tensor"),
+}
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with Auto axis types from {axis: size}; one size may be -1 (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    unknown = set(shape) - set(AXES)
+    if unknown:
+        raise ValueError(f"mesh: unknown axis names {sorted(unknown)} (known: {AXES})")
+    sizes = dict(shape)
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    for name, size in sizes.items():
+        if size == -1:
+            sizes[name] = len(devices) // fixed
+    if int(np.prod(list(sizes.values()))) != len(devices):
+        raise ValueError(f"mesh: shape {dict(shape)} does not cover {len(devices)} devices")
+    names = tuple(sizes)
+    return jax.make_mesh(
+        tuple(sizes.values()),
+        names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(names),
+        devices=devices,
+    )
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh_sizes: Mapping[str, int]) -> P:
+    """Drops mesh axes the mesh lacks; None where a dim is not divisible (for activations)."""
+    out = []
+    for entry, dim in zip(spec, shape):
+        axes = tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a in mesh_sizes)
+        size = int(np.prod([mesh_sizes[a] for a in axes]))
+        out.append(axes if axes and dim % size == 0 else None)
+    return P(*out)
+
+
+def constrain(x: jax.Array, name: str) -> jax.Array:
+    """Sharding hint for an activation named in ACTIVATIONS; a no-op without a current mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, _fit(ACTIVATIONS[name], x.shape, mesh.shape))
+
+
+def path_str(path: tuple) -> str:
+    """'layers/q_DHE' from a pytree path of nnx state (the Variable's `.value` step dropped)."""
+    keys = [k for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
+    return "/".join(str(getattr(k, "key", k)) for k in keys)
+
+
+def spec_for(path: str, shape: tuple[int, ...], rules: Rules, mesh: Mesh) -> P:
+    """The first matching rule's spec, checked against the parameter's rank and the mesh."""
+    for pattern, spec in rules:
+        if re.fullmatch(pattern, path):
+            break
+    else:
+        raise ValueError(f"sharding: parameter '{path}' matches no partition rule")
+    if len(spec) != len(shape):
+        raise ValueError(f"sharding: rule {pattern!r} has rank {len(spec)}, '{path}' is {shape}")
+    for dim, entry in zip(shape, spec):
+        axes = (entry,) if isinstance(entry, str) else entry or ()
+        size = int(np.prod([mesh.shape.get(a, 1) for a in axes]))
+        if dim % size:
+            raise ValueError(
+                f"sharding: '{path}' dim {dim} is not divisible by mesh axes {axes} (size {size})"
+            )
+    return _fit(spec, shape, mesh.shape)
+
+
+def shardings(state: object, rules: Rules, mesh: Mesh) -> object:
+    """A pytree of NamedShardings matching `state` (arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, spec_for(path_str(path), x.shape, rules, mesh)), state
+    )
