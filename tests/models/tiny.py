@@ -1,0 +1,77 @@
+"""Tiny random HF checkpoints of each supported family, made with transformers' torch models."""
+
+from pathlib import Path
+
+import numpy as np
+
+COMMON = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=32,
+    rope_theta=500000.0,
+)
+KINDS = ("llama_tied", "llama3_untied", "qwen2", "qwen3")
+
+
+def hf_config(kind: str):
+    import transformers
+
+    if kind == "llama_tied":
+        return transformers.LlamaConfig(**COMMON, tie_word_embeddings=True)
+    if kind == "llama3_untied":
+        return transformers.LlamaConfig(
+            **COMMON, tie_word_embeddings=False, rope_parameters=LLAMA3_ROPE
+        )
+    if kind == "qwen2":
+        return transformers.Qwen2Config(**COMMON, tie_word_embeddings=False)
+    return transformers.Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True)
+
+
+def make_checkpoint(kind: str, folder: Path, **save_kwargs):
+    """Saves a randomly initialised (non-trivial norms and biases) model; returns the torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(kind)).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder, **save_kwargs)
+    return model
+
+
+def padded_batch(vocab: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three rows of 12 tokens: unpadded, 4 and 9 left-padding tokens."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, (3, 12)).astype(np.int32)
+    mask = np.ones((3, 12), bool)
+    mask[1, :4] = False
+    mask[2, :9] = False
+    return tokens, mask
+
+
+def torch_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The reference's logits with the same positions we use (count of real tokens before)."""
+    import torch
+
+    positions = np.maximum(mask.cumsum(1) - 1, 0)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(tokens.astype(np.int64)),
+            attention_mask=torch.tensor(mask.astype(np.int64)),
+            position_ids=torch.tensor(positions),
+        )
+    return out.logits.float().numpy()
