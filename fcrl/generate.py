@@ -32,6 +32,21 @@ def eos_ids(model_dir: Path, tokenizer: transformers.PreTrainedTokenizerBase) ->
     return [tokenizer.eos_token_id]
 
 
+def check_sampling(max_new_tokens: int, temperature: float) -> None:
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def prompt_ids(tokenizer: transformers.PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of a user message in the chat template, ending with the assistant header."""
+    messages = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # The template already wrote any special tokens it wants (e.g. <|im_start|>).
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def generate_tokens(
     graphdef: nnx.GraphDef,
@@ -79,17 +94,8 @@ def generate(
     seed: int = 0,
 ) -> list[str]:
     """Completions of user `prompts`, each wrapped in the model's chat template."""
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    ids = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
-        )
-        for p in prompts
-    ]
-    ids = [x["input_ids"] if isinstance(x, dict) else x for x in ids]
+    check_sampling(max_new_tokens, temperature)
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
     longest = max(len(x) for x in ids)
     prompt_BP = np.zeros((len(ids), longest), np.int32)
     mask_BP = np.zeros((len(ids), longest), bool)
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
+    check_sampling(args.max_new_tokens, args.temperature)  # before the slow model load
     model_dir = Path(args.model) if args.model else default_model_dir()
     model = load_hf(model_dir, dtype=args.dtype, param_dtype=args.dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)

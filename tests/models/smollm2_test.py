@@ -1,0 +1,56 @@
+"""The embedded SmolLM2-135M-Instruct: parity with transformers on its converted folder, and the
+generation command end to end."""
+
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+from fcrl.generate import prompt_ids
+from fcrl.models import load_hf
+from fcrl.models.gguf import default_model_dir
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return default_model_dir()
+
+
+def test_logits_match_transformers_on_a_chat_prompt(folder):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = prompt_ids(tokenizer, "What is the capital of France? Answer in one word.")[:30]
+    assert len(ids) == 30
+    tokens = np.asarray([ids], np.int32)
+    ours = np.asarray(load_hf(folder)(jnp.asarray(tokens), jnp.ones_like(tokens, bool)))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    assert np.abs(ours - expected).max() <= 1e-3
+
+
+def test_generate_command_answers_paris():
+    out = subprocess.run(
+        [sys.executable, "-m", "fcrl.generate", "--prompt", "What is the capital of France?"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    assert "<|im_end|>" not in out.stdout  # only the completion text is printed
+
+
+def test_generate_command_rejects_bad_arguments():
+    out = subprocess.run(
+        [sys.executable, "-m", "fcrl.generate", "--prompt", "hi", "--max-new-tokens", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode != 0
+    assert "max_new_tokens must be positive, got 0" in out.stderr
