@@ -52,18 +52,42 @@ def apply_rope(x_BTNE: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) 
 def attention(
     q_BTHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask_BTS: jax.Array
 ) -> jax.Array:
-    """Grouped-query attention; each kv head serves R = H / K query heads. Softmax in float32."""
+    """Grouped-query attention; kv head k serves query heads k·R..k·R+R-1. Softmax in float32.
+
+    The R query heads of a kv head are folded into one row axis Q = R·T, so each (batch, kv
+    head) pair is one [Q, E] × [E, S] matmul: far faster on CPU than a 5-d batched einsum.
+    """
     b, t, h, e = q_BTHE.shape
     k = k_BSKE.shape[2]
-    q_BTKRE = q_BTHE.reshape(b, t, k, h // k, e)
-    scores_BKRTS = jnp.einsum(
-        "BTKRE,BSKE->BKRTS", q_BTKRE, k_BSKE, preferred_element_type=jnp.float32
+    r = h // k
+    q_BKQE = q_BTHE.reshape(b, t, k, r, e).transpose(0, 2, 3, 1, 4).reshape(b, k, r * t, e)
+    k_BKSE, v_BKSE = k_BSKE.transpose(0, 2, 1, 3), v_BSKE.transpose(0, 2, 1, 3)
+    scores_BKQS = jnp.einsum(
+        "BKQE,BKSE->BKQS", q_BKQE, k_BKSE, preferred_element_type=jnp.float32
     ) / math.sqrt(e)
+    scores_BKRTS = scores_BKQS.reshape(b, k, r, t, -1)
     # A finite floor keeps fully masked rows (left padding) free of NaN.
     scores_BKRTS = jnp.where(mask_BTS[:, None, None], scores_BKRTS, jnp.finfo(jnp.float32).min)
-    probs_BKRTS = jax.nn.softmax(scores_BKRTS, axis=-1).astype(v_BSKE.dtype)
-    out_BTKRE = dot("BKRTS,BSKE->BTKRE", probs_BKRTS, v_BSKE)
-    return out_BTKRE.reshape(b, t, h, e)
+    probs_BKQS = jax.nn.softmax(scores_BKRTS, axis=-1).astype(v_BSKE.dtype).reshape(b, k, r * t, -1)
+    out_BKQE = dot("BKQS,BKSE->BKQE", probs_BKQS, v_BKSE)
+    return out_BKQE.reshape(b, k, r, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
+
+
+def causal_attention(
+    q_BTHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask_BTT: jax.Array
+) -> jax.Array:
+    """Self-attention over one sequence, skipping the blocks above the causal diagonal.
+
+    Query block i only meets keys up to its own end: about half the work of the full square
+    (at most 16 blocks, of at least 64 queries, keep the unrolled graph small).
+    """
+    t = q_BTHE.shape[1]
+    block = max(64, -(-t // 16))
+    outs = []
+    for i in range(0, t, block):
+        j = min(i + block, t)
+        outs.append(attention(q_BTHE[:, i:j], k_BTKE[:, :j], v_BTKE[:, :j], mask_BTT[:, i:j, :j]))
+    return jnp.concatenate(outs, axis=1)
 
 
 def normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: str) -> nnx.Param:
@@ -119,7 +143,7 @@ class Layer(nnx.Module):
             k_BTKE = rms_norm(k_BTKE, self.k_norm_E[...], cfg.rms_eps)
         q_BTHE = constrain(apply_rope(q_BTHE, positions_BT, inv_freq), "act_BTHE")
         k_BTKE = constrain(apply_rope(k_BTKE, positions_BT, inv_freq), "act_BTKE")
-        attn_BTHE = attention(q_BTHE, k_BTKE, v_BTKE, mask_BTS)
+        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BTS)
         out_BTD = dot("BTHE,HED->BTD", attn_BTHE, self.o_HED[...])
         if cfg.o_bias:
             out_BTD += self.o_bias_D[...].astype(out_BTD.dtype)[None, None]

@@ -16,9 +16,11 @@ def checkpoint(request, tmp_path_factory):
     return folder, tiny.make_checkpoint(request.param, folder)
 
 
-def test_logits_match_transformers_f32(checkpoint):
+# 150 tokens run the causal attention in three query blocks (64, 64, 22).
+@pytest.mark.parametrize("length", [12, 150])
+def test_logits_match_transformers_f32(checkpoint, length):
     folder, reference = checkpoint
-    tokens, mask = tiny.padded_batch()
+    tokens, mask = tiny.padded_batch(length)
     ours = np.asarray(load_hf(folder)(jnp.asarray(tokens), jnp.asarray(mask)))
     expected = tiny.torch_logits(reference, tokens, mask)
     # Padding positions produce unused logits; every real token must agree.

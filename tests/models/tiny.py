@@ -53,13 +53,13 @@ def make_checkpoint(kind: str, folder: Path, **save_kwargs):
     return model
 
 
-def padded_batch(vocab: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Three rows of 12 tokens: unpadded, 4 and 9 left-padding tokens."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab, (3, 12)).astype(np.int32)
-    mask = np.ones((3, 12), bool)
+def padded_batch(length: int = 12, vocab: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Three rows of `length` tokens: unpadded, 4 and length-3 left-padding tokens."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab, (3, length)).astype(np.int32)
+    mask = np.ones((3, length), bool)
     mask[1, :4] = False
-    mask[2, :9] = False
+    mask[2, : length - 3] = False
     return tokens, mask
 
 
