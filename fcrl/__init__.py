@@ -1,1 +1,1 @@
-"""fcrl: function-calling language models trained with EGPO (GRPO + clipped entropy bonus) in JAX."""
+"""fcrl: function-calling LMs trained with EGPO (GRPO + clipped CoT-entropy bonus) in JAX."""

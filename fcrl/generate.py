@@ -128,9 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
-    check_sampling(args.max_new_tokens, args.temperature)  # before the slow model load
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    model = load_hf(model_dir, dtype=args.dtype, param_dtype=args.dtype)
+    try:
+        check_sampling(args.max_new_tokens, args.temperature)  # before the slow model load
+        model_dir = Path(args.model) if args.model else default_model_dir()
+        model = load_hf(model_dir, dtype=args.dtype, param_dtype=args.dtype)
+    except (OSError, ValueError) as e:  # our errors already name the file, tensor or field
+        parser.exit(2, f"fcrl.generate: error: {e}\n")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     (text,) = generate(
         model,

@@ -84,8 +84,10 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 def _fit(spec: P, shape: tuple[int, ...], mesh_sizes: Mapping[str, int]) -> P:
     """Drops mesh axes the mesh lacks; None where a dim is not divisible (for activations)."""
     out = []
-    for entry, dim in zip(spec, shape):
-        axes = tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a in mesh_sizes)
+    for entry, dim in zip(spec, shape, strict=True):
+        axes = tuple(
+            a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a in mesh_sizes
+        )
         size = int(np.prod([mesh_sizes[a] for a in axes]))
         out.append(axes if axes and dim % size == 0 else None)
     return P(*out)
@@ -107,14 +109,12 @@ def path_str(path: tuple) -> str:
 
 def spec_for(path: str, shape: tuple[int, ...], rules: Rules, mesh: Mesh) -> P:
     """The first matching rule's spec, checked against the parameter's rank and the mesh."""
-    for pattern, spec in rules:
-        if re.fullmatch(pattern, path):
-            break
-    else:
+    pattern, spec = next(((p, s) for p, s in rules if re.fullmatch(p, path)), (None, None))
+    if spec is None:
         raise ValueError(f"sharding: parameter '{path}' matches no partition rule")
     if len(spec) != len(shape):
         raise ValueError(f"sharding: rule {pattern!r} has rank {len(spec)}, '{path}' is {shape}")
-    for dim, entry in zip(shape, spec):
+    for dim, entry in zip(shape, spec, strict=True):
         axes = (entry,) if isinstance(entry, str) else entry or ()
         size = int(np.prod([mesh.shape.get(a, 1) for a in axes]))
         if dim % size:

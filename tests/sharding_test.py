@@ -27,7 +27,8 @@ def forward(graphdef, state, tokens, mask):
 
 
 @pytest.mark.parametrize(
-    "shape", [{"fsdp": 2, "tensor": 4}, {"fsdp": 8, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}]
+    "shape",
+    [{"fsdp": 2, "tensor": 4}, {"fsdp": 8, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}],
 )
 @pytest.mark.parametrize("rules", ["train", "sample"])
 def test_sharded_forward_equals_unsharded(folder, shape, rules):

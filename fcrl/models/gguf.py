@@ -1,7 +1,7 @@
 """Converts a GGUF (the embedded default model) into an HF checkpoint folder, without torch.
 
-    out = convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "/tmp/smollm2")  # config.json, ...
-    out = default_model_dir()  # the same, cached under $FCRL_CACHE, converted on first use
+out = convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "/tmp/smollm2")  # config.json, ...
+out = default_model_dir()  # the same, cached under $FCRL_CACHE, converted on first use
 """
 
 import glob

@@ -2,8 +2,9 @@
 
 Each HF tensor maps to one of our parameters through TENSORS: our path, the HF name template,
 and how many leading dims of our layout are the HF matrix's input dims (HF stores Linear
-weights as [out, in]; ours is [in..., out...]); 0 means only flattened, None the same layout. Every checkpoint tensor
-must be used and every shape must match; each parameter is put straight onto its shards.
+weights as [out, in]; ours is [in..., out...]); 0 means only flattened, None the same layout.
+Every checkpoint tensor must be used and every shape must match; each parameter is put straight
+onto its shards.
 """
 
 import json
@@ -155,8 +156,8 @@ def load_hf(
         raise ValueError(f"{file}: unexpected tensor '{extra[0]}' ({len(extra)} unused)")
 
     host: dict[str, list] = {}
-    for name, (ours, layer, n_in, shape) in expected.items():
-        file, dtype, got, start, end = present[name]
+    for name, (ours, _, n_in, shape) in expected.items():
+        file, dtype, got, start, _ = present[name]
         if got != _hf_shape(shape, n_in):
             raise ValueError(
                 f"{file}: tensor '{name}' has shape {got}, expected {_hf_shape(shape, n_in)}"

@@ -11,7 +11,11 @@ def test_parse_arg_types_and_flags():
 
 @pytest.mark.parametrize(
     "arg, message",
-    [("nope=1", "unknown key 'nope'"), ("steps=x", "'steps' expects int"), ("steps", "needs a value")],
+    [
+        ("nope=1", "unknown key 'nope'"),
+        ("steps=x", "'steps' expects int"),
+        ("steps", "needs a value"),
+    ],
 )
 def test_parse_arg_errors(arg, message):
     with pytest.raises(ValueError, match=message):

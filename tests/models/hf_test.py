@@ -95,8 +95,9 @@ def test_wrong_shape(folder, tmp_path):
 
     dst = broken_copy(folder, tmp_path, edit)
     with pytest.raises(
-        ValueError, match=r"model\.safetensors: tensor 'model\.layers\.2\.self_attn\.k_proj\.weight'"
-        r" has shape \(8, 64\), expected \(32, 64\)"
+        ValueError,
+        match=r"model\.safetensors: tensor 'model\.layers\.2\.self_attn\.k_proj\.weight'"
+        r" has shape \(8, 64\), expected \(32, 64\)",
     ):
         load_hf(dst)
 

@@ -4,24 +4,24 @@ from pathlib import Path
 
 import numpy as np
 
-COMMON = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=256,
-    rms_norm_eps=1e-6,
-)
-LLAMA3_ROPE = dict(
-    rope_type="llama3",
-    factor=8.0,
-    low_freq_factor=1.0,
-    high_freq_factor=4.0,
-    original_max_position_embeddings=32,
-    rope_theta=500000.0,
-)
+COMMON = {
+    "vocab_size": 96,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6,
+}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+    "rope_theta": 500000.0,
+}
 KINDS = ("llama_tied", "llama3_untied", "qwen2", "qwen3")
 
 
@@ -40,7 +40,7 @@ def hf_config(kind: str):
 
 
 def make_checkpoint(kind: str, folder: Path, **save_kwargs):
-    """Saves a randomly initialised (non-trivial norms and biases) model; returns the torch model."""
+    """Saves a random model (non-trivial norms and biases); returns the torch model."""
     import torch
     import transformers
 
