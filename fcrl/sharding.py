@@ -81,13 +81,16 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     )
 
 
+def _axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
 def _fit(spec: P, shape: tuple[int, ...], mesh_sizes: Mapping[str, int]) -> P:
     """Drops mesh axes the mesh lacks; None where a dim is not divisible (for activations)."""
     out = []
     for entry, dim in zip(spec, shape, strict=True):
-        axes = tuple(
-            a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a in mesh_sizes
-        )
+        axes = tuple(a for a in _axes(entry) if a in mesh_sizes)
         size = int(np.prod([mesh_sizes[a] for a in axes]))
         out.append(axes if axes and dim % size == 0 else None)
     return P(*out)
@@ -115,7 +118,7 @@ def spec_for(path: str, shape: tuple[int, ...], rules: Rules, mesh: Mesh) -> P:
     if len(spec) != len(shape):
         raise ValueError(f"sharding: rule {pattern!r} has rank {len(spec)}, '{path}' is {shape}")
     for dim, entry in zip(shape, spec, strict=True):
-        axes = (entry,) if isinstance(entry, str) else entry or ()
+        axes = _axes(entry)
         size = int(np.prod([mesh.shape.get(a, 1) for a in axes]))
         if dim % size:
             raise ValueError(

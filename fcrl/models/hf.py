@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from fcrl import sharding
 from fcrl.models.config import ModelConfig
@@ -155,27 +155,37 @@ def load_hf(
         file = present[extra[0]][0]
         raise ValueError(f"{file}: unexpected tensor '{extra[0]}' ({len(extra)} unused)")
 
-    host: dict[str, list] = {}
+    sources: dict[str, list[str]] = {}  # our path -> its HF tensors, in layer order
     for name, (ours, _, n_in, shape) in expected.items():
-        file, dtype, got, start, _ = present[name]
+        file, _, got, *_ = present[name]
         if got != _hf_shape(shape, n_in):
             raise ValueError(
                 f"{file}: tensor '{name}' has shape {got}, expected {_hf_shape(shape, n_in)}"
             )
-        w = np.memmap(file, DTYPES[dtype], "r", start, got) if got else np.zeros(got, dtype)
-        w = (w.T if n_in else w).reshape(shape)
-        host.setdefault(ours, []).append(w.astype(cfg.param_dtype))
+        sources.setdefault(ours, []).append(name)
 
-    def place(path: tuple, abstract: jax.ShapeDtypeStruct) -> jax.Array:
+    def read(name: str) -> np.ndarray:  # memory-mapped; only this parameter is read to host
+        file, dtype, got, start, _ = present[name]
+        _, _, n_in, shape = expected[name]
+        w = np.memmap(file, DTYPES[dtype], "r", start, got)
+        return (w.T if n_in else w).reshape(shape).astype(cfg.param_dtype)
+
+    def value(path: tuple) -> np.ndarray:
         key = sharding.path_str(path)
-        parts = host.pop(key)
-        value = np.stack(parts) if key.startswith("layers/") else parts[0]
-        if mesh is None:
-            return jnp.asarray(value)
-        named = jax.sharding.NamedSharding(mesh, sharding.spec_for(key, value.shape, rules, mesh))
-        return jax.make_array_from_callback(value.shape, named, lambda idx: value[idx])
+        parts = [read(name) for name in sources[key]]
+        return np.stack(parts) if key.startswith("layers/") else parts[0]
 
-    state = jax.tree_util.tree_map_with_path(place, state)
+    if mesh is None:
+        state = jax.tree_util.tree_map_with_path(lambda p, _: jnp.asarray(value(p)), state)
+    else:
+        # Every rule is checked against the mesh before the first tensor is read.
+        named = sharding.shardings(state, rules, mesh)
+
+        def place(path: tuple, abstract: jax.ShapeDtypeStruct, s: NamedSharding) -> jax.Array:
+            host = value(path)  # each device copies only its own shard from it
+            return jax.make_array_from_callback(abstract.shape, s, lambda idx: host[idx])
+
+        state = jax.tree_util.tree_map_with_path(place, state, named)
     return nnx.merge(graphdef, state)
 
 
@@ -207,9 +217,10 @@ def export_hf(
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    values = {sharding.path_str(p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    params = nnx.state(model, nnx.Param)
+    values = {sharding.path_str(p): v for p, v in nnx.to_flat_state(params)}
     tensors = {}
-    for ours, name, layer, n_in, shape in _expected(nnx.state(model, nnx.Param)):
+    for ours, name, layer, n_in, shape in _expected(params):
         w = np.asarray(values[ours][...] if layer is None else values[ours][...][layer])
         hf_shape = _hf_shape(shape, n_in)
         tensors[name] = w.reshape(hf_shape[::-1]).T if n_in else w.reshape(hf_shape)

@@ -64,21 +64,24 @@ def test_missing_config(tmp_path):
         load_hf(tmp_path)
 
 
-def test_unsupported_model_type(folder, tmp_path):
-    dst = tmp_path / "gpt"
+def config_copy(folder, tmp_path, edit) -> str:
+    """A copy of `folder` whose config.json dict went through `edit(dict)`."""
+    dst = tmp_path / "config"
     shutil.copytree(folder, dst)
     config = json.loads((dst / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_unsupported_model_type(folder, tmp_path):
+    dst = config_copy(folder, tmp_path, lambda c: c.update(model_type="gpt2"))
     with pytest.raises(ValueError, match=r"config\.json: unsupported model_type 'gpt2'"):
         load_hf(dst)
 
 
 def test_missing_field(folder, tmp_path):
-    dst = tmp_path / "nofield"
-    shutil.copytree(folder, dst)
-    config = json.loads((dst / "config.json").read_text())
-    del config["num_hidden_layers"]
-    (dst / "config.json").write_text(json.dumps(config))
+    dst = config_copy(folder, tmp_path, lambda c: c.pop("num_hidden_layers"))
     with pytest.raises(ValueError, match="config.json: required field 'num_hidden_layers'"):
         load_hf_config(dst)
 
