@@ -74,19 +74,22 @@ def attention(
 
 
 def causal_attention(
-    q_BTHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask_BTT: jax.Array
+    q_BTHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask_BT: jax.Array
 ) -> jax.Array:
-    """Self-attention over one sequence, skipping the blocks above the causal diagonal.
+    """Causal self-attention over one sequence whose real tokens are `mask_BT`.
 
-    Query block i only meets keys up to its own end: about half the work of the full square
-    (at most 16 blocks, of at least 64 queries, keep the unrolled graph small).
+    Query block i only meets keys up to its own end, skipping the blocks above the diagonal:
+    about half the work of the full square, and no [B, T, T] mask is ever built (at most 16
+    blocks, of at least 64 queries, keep the unrolled graph small).
     """
     t = q_BTHE.shape[1]
     block = max(64, -(-t // 16))
     outs = []
     for i in range(0, t, block):
         j = min(i + block, t)
-        outs.append(attention(q_BTHE[:, i:j], k_BTKE[:, :j], v_BTKE[:, :j], mask_BTT[:, i:j, :j]))
+        causal_TS = jnp.arange(i, j)[:, None] >= jnp.arange(j)[None, :]
+        mask_BTS = causal_TS[None] & mask_BT[:, None, :j]
+        outs.append(attention(q_BTHE[:, i:j], k_BTKE[:, :j], v_BTKE[:, :j], mask_BTS))
     return jnp.concatenate(outs, axis=1)
 
 
@@ -127,7 +130,7 @@ class Layer(nnx.Module):
         self.down_FD = normal(rngs, (f, d), pd)
 
     def __call__(
-        self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BTS: jax.Array, inv_freq: jax.Array
+        self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BT: jax.Array, inv_freq: jax.Array
     ) -> jax.Array:
         cfg = self.cfg
         h_BTD = rms_norm(x_BTD, self.attn_norm_D[...], cfg.rms_eps)
@@ -143,7 +146,7 @@ class Layer(nnx.Module):
             k_BTKE = rms_norm(k_BTKE, self.k_norm_E[...], cfg.rms_eps)
         q_BTHE = constrain(apply_rope(q_BTHE, positions_BT, inv_freq), "act_BTHE")
         k_BTKE = constrain(apply_rope(k_BTKE, positions_BT, inv_freq), "act_BTKE")
-        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BTS)
+        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BT)
         out_BTD = dot("BTHE,HED->BTD", attn_BTHE, self.o_HED[...])
         if cfg.o_bias:
             out_BTD += self.o_bias_D[...].astype(out_BTD.dtype)[None, None]
@@ -185,9 +188,6 @@ class Decoder(nnx.Module):
         mask_BT = mask_BT.astype(bool)
         if positions_BT is None:
             positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
-        t = tokens_BT.shape[1]
-        causal_TS = jnp.tril(jnp.ones((t, t), bool))
-        mask_BTS = causal_TS[None] & mask_BT[:, None, :]
         inv_freq = rope_frequencies(cfg)
         x_BTD = self.embed_VD[...].astype(cfg.dtype)[tokens_BT]
         x_BTD = constrain(x_BTD, "act_BTD")
@@ -196,7 +196,7 @@ class Decoder(nnx.Module):
 
         def body(x_BTD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
             layer = nnx.merge(graphdef, layer_state)
-            return layer(x_BTD, positions_BT, mask_BTS, inv_freq), None
+            return layer(x_BTD, positions_BT, mask_BT, inv_freq), None
 
         x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
         x_BTD = rms_norm(x_BTD, self.final_norm_D[...], cfg.rms_eps)
