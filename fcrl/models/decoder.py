@@ -189,7 +189,7 @@ class Decoder(nnx.Module):
         if positions_BT is None:
             positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
         inv_freq = rope_frequencies(cfg)
-        x_BTD = self.embed_VD[...].astype(cfg.dtype)[tokens_BT]
+        x_BTD = self.embed_VD[...][tokens_BT].astype(cfg.dtype)
         x_BTD = constrain(x_BTD, "act_BTD")
 
         graphdef, layers = nnx.split(self.layers)
