@@ -112,9 +112,9 @@ class ModelConfig:
                 high_freq_factor=high,
                 original_max_position_embeddings=orig,
             )
-        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+        arch = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[self.family]
         d = {
-            "architectures": [arch.get(self.family, "Qwen3ForCausalLM")],
+            "architectures": [f"{arch}ForCausalLM"],
             "model_type": self.family,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,

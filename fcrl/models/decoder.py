@@ -200,10 +200,8 @@ class Decoder(nnx.Module):
 
         x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
         x_BTD = rms_norm(x_BTD, self.final_norm_D[...], cfg.rms_eps)
-        if cfg.tie_embeddings:
-            head = self.embed_VD[...].astype(x_BTD.dtype)
-            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head, preferred_element_type=jnp.float32)
-        else:
-            head = self.lm_head_DV[...].astype(x_BTD.dtype)
-            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head, preferred_element_type=jnp.float32)
+        head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
+        logits_BTV = jnp.einsum(
+            "BTD,DV->BTV", x_BTD, head_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32
+        )
         return constrain(logits_BTV, "act_BTV")
