@@ -129,9 +129,10 @@ class Layer(nnx.Module):
         self.up_DF = normal(rngs, (d, f), pd)
         self.down_FD = normal(rngs, (f, d), pd)
 
-    def __call__(
-        self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BT: jax.Array, inv_freq: jax.Array
-    ) -> jax.Array:
+    def project_qkv(
+        self, x_BTD: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values of the normed residual, with RoPE applied."""
         cfg = self.cfg
         h_BTD = rms_norm(x_BTD, self.attn_norm_D[...], cfg.rms_eps)
         q_BTHE = dot("BTD,DHE->BTHE", h_BTD, self.q_DHE[...])
@@ -146,7 +147,11 @@ class Layer(nnx.Module):
             k_BTKE = rms_norm(k_BTKE, self.k_norm_E[...], cfg.rms_eps)
         q_BTHE = constrain(apply_rope(q_BTHE, positions_BT, inv_freq), "act_BTHE")
         k_BTKE = constrain(apply_rope(k_BTKE, positions_BT, inv_freq), "act_BTKE")
-        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BT)
+        return q_BTHE, k_BTKE, constrain(v_BTKE, "act_BTKE")
+
+    def finish(self, x_BTD: jax.Array, attn_BTHE: jax.Array) -> jax.Array:
+        """Output projection and residual, then the pre-norm SwiGLU MLP and residual."""
+        cfg = self.cfg
         out_BTD = dot("BTHE,HED->BTD", attn_BTHE, self.o_HED[...])
         if cfg.o_bias:
             out_BTD += self.o_bias_D[...].astype(out_BTD.dtype)[None, None]
@@ -155,6 +160,14 @@ class Layer(nnx.Module):
         gate_BTF = jax.nn.silu(dot("BTD,DF->BTF", h_BTD, self.gate_DF[...]))
         up_BTF = constrain(gate_BTF * dot("BTD,DF->BTF", h_BTD, self.up_DF[...]), "act_BTF")
         return constrain(x_BTD + dot("BTF,FD->BTD", up_BTF, self.down_FD[...]), "act_BTD")
+
+    def __call__(
+        self, x_BTD: jax.Array, positions_BT: jax.Array, mask_BT: jax.Array, inv_freq: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The block over a whole sequence; also returns its keys and values (a prompt's cache)."""
+        q_BTHE, k_BTKE, v_BTKE = self.project_qkv(x_BTD, positions_BT, inv_freq)
+        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BT)
+        return self.finish(x_BTD, attn_BTHE), k_BTKE, v_BTKE
 
 
 class Decoder(nnx.Module):
@@ -174,34 +187,50 @@ class Decoder(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head_DV = normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.param_dtype)
 
-    def __call__(
+    def embed(self, tokens_BT: jax.Array) -> jax.Array:
+        """Embedding rows, gathered before casting to the compute dtype."""
+        return constrain(self.embed_VD[...][tokens_BT].astype(self.cfg.dtype), "act_BTD")
+
+    def hidden(
         self, tokens_BT: jax.Array, mask_BT: jax.Array, positions_BT: jax.Array | None = None
-    ) -> jax.Array:
-        """Causal forward over a (left- or right-) padded batch.
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Last-layer states (before the final norm) and every layer's keys and values.
 
         Args:
           tokens_BT: int token ids.
           mask_BT: True on real tokens; padding is neither attended to nor counted in positions.
           positions_BT: RoPE positions; by default the count of real tokens before each one.
+
+        Returns:
+          x_BTD, k_LBTKE, v_LBTKE (unused keys and values cost nothing: XLA drops them).
         """
-        cfg = self.cfg
         mask_BT = mask_BT.astype(bool)
         if positions_BT is None:
             positions_BT = jnp.maximum(jnp.cumsum(mask_BT, axis=1) - 1, 0)
-        inv_freq = rope_frequencies(cfg)
-        x_BTD = self.embed_VD[...][tokens_BT].astype(cfg.dtype)
-        x_BTD = constrain(x_BTD, "act_BTD")
-
+        inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
 
-        def body(x_BTD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, None]:
-            layer = nnx.merge(graphdef, layer_state)
-            return layer(x_BTD, positions_BT, mask_BT, inv_freq), None
+        def body(x_BTD: jax.Array, layer_state: nnx.State) -> tuple[jax.Array, tuple]:
+            x_BTD, k_BTKE, v_BTKE = nnx.merge(graphdef, layer_state)(
+                x_BTD, positions_BT, mask_BT, inv_freq
+            )
+            return x_BTD, (k_BTKE, v_BTKE)
 
-        x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
+        x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(body, self.embed(tokens_BT), layers)
+        return x_BTD, k_LBTKE, v_LBTKE
+
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        """Final norm and output projection (the tied embedding or lm_head), in float32."""
+        cfg = self.cfg
         x_BTD = rms_norm(x_BTD, self.final_norm_D[...], cfg.rms_eps)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
         logits_BTV = jnp.einsum(
             "BTD,DV->BTV", x_BTD, head_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32
         )
         return constrain(logits_BTV, "act_BTV")
+
+    def __call__(
+        self, tokens_BT: jax.Array, mask_BT: jax.Array, positions_BT: jax.Array | None = None
+    ) -> jax.Array:
+        """Causal forward over a (left- or right-) padded batch → float32 logits [B, T, V]."""
+        return self.logits(self.hidden(tokens_BT, mask_BT, positions_BT)[0])

@@ -1,0 +1,521 @@
+"""Rollouts: G sampled completions per prompt from a KV-cached decoder (where GRPO spends time).
+
+  sampler = Sampler(model, SamplingConfig(num_samples=8, temperature=0.7), tokenizer, eos)
+  rollouts = sampler.sample(state, [prompt_ids, ...], seed=0)
+
+`prefill` runs the decoder once over the left-padded prompts [B, S] (S: the smallest length
+bucket that fits) and keeps every layer's keys and values: the prompt cache [L, B, S, K, E],
+read by all G rows of a prompt's group and never copied G times. `decode` is one
+`lax.while_loop` over the B·G rows (prompt-major: row = prompt · G + sample): step t feeds every
+row's token t, writes its key and value at slot t of the generated cache [L, B·G, N, K, E]
+(donated, so updated in place) and samples token t + 1. It exits once every row has finished:
+an eos id, a stop string, or N = max_new_tokens tokens. Parameters are arguments of both jitted
+functions, so new values of the same shapes reuse the compiled programs.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import math
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import transformers
+from flax import nnx, struct
+
+from fcrl.models import Decoder
+from fcrl.models.decoder import rope_frequencies
+from fcrl.sharding import constrain
+
+FINISH = ("running", "eos", "stop", "length")  # finish codes of `Rollouts.finish_B`
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Every field is static: changing one compiles new programs."""
+
+    num_samples: int = 1  # G rollouts per prompt
+    max_new_tokens: int = 256  # N
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass, in (0, 1]; 1 = off
+    top_k: int = 0  # keep the k likeliest tokens; 0 = off
+    stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text and kept in it
+    buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)  # padded prompt lengths
+    cache_dtype: str | None = None  # KV cache dtype; None = the model's compute dtype
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_samples": (self.num_samples >= 1, "must be >= 1"),
+            "max_new_tokens": (self.max_new_tokens >= 1, "must be positive"),
+            "temperature": (self.temperature >= 0, "must be >= 0"),
+            "top_p": (0 < self.top_p <= 1, "must be in (0, 1]"),
+            "top_k": (self.top_k >= 0, "must be >= 0"),
+            "stop": (all(self.stop), "must not hold an empty string"),
+            "buckets": (bool(self.buckets) and min(self.buckets) > 0, "must be positive"),
+        }
+        for field, (ok, why) in checks.items():
+            if not ok:
+                raise ValueError(f"sampling.{field} {why}, got {getattr(self, field)!r}")
+
+
+@struct.dataclass
+class PromptCache:
+    """Keys and values of the padded prompts, shared by each prompt's G rows."""
+
+    k_LBSKE: jax.Array
+    v_LBSKE: jax.Array
+    mask_BS: jax.Array
+    lengths_B: jax.Array
+
+
+@struct.dataclass
+class DecodeState:
+    """The while loop's carry; rows are prompt-major (row = prompt · G + sample)."""
+
+    step: jax.Array  # tokens sampled so far: the index of the next one
+    tokens_BN: jax.Array  # sampled ids, 0 after a row's end
+    logprobs_BN: jax.Array  # log p(token) under logits / temperature, float32
+    entropies_BN: jax.Array  # entropy of that distribution, float32
+    lengths_B: jax.Array  # completion length once finished, else 0
+    finish_B: jax.Array  # index into FINISH
+    stop_state_B: jax.Array  # state of the stop-string automaton
+    keys_B: jax.Array  # one PRNG key per row
+    k_LBNKE: jax.Array  # generated cache
+    v_LBNKE: jax.Array
+
+
+@struct.dataclass
+class Rollouts:
+    """Sampled completions on the host, B·G rows, prompt-major."""
+
+    prompt_BS: np.ndarray  # the row's prompt, left-padded to its bucket
+    prompt_mask_BS: np.ndarray
+    tokens_BN: np.ndarray  # completion ids (eos or stop token included), 0 after the end
+    logprobs_BN: np.ndarray
+    entropies_BN: np.ndarray
+    lengths_B: np.ndarray
+    finish_B: np.ndarray
+    texts: tuple[str, ...] = struct.field(pytree_node=False)
+
+    def rows(self) -> list[dict]:
+        """One plain dict per row (for JSON)."""
+        out = []
+        for i, text in enumerate(self.texts):
+            n = int(self.lengths_B[i])
+            out.append(
+                {
+                    "prompt_ids": self.prompt_BS[i][self.prompt_mask_BS[i]].tolist(),
+                    "token_ids": self.tokens_BN[i, :n].tolist(),
+                    "text": text,
+                    "logprobs": self.logprobs_BN[i, :n].tolist(),
+                    "entropies": self.entropies_BN[i, :n].tolist(),
+                    "length": n,
+                    "finish_reason": FINISH[self.finish_B[i]],
+                }
+            )
+        return out
+
+
+# ---------------------------------------------------------------- stop strings as an automaton
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2 byte-level BPE's character for each byte, inverted (character → byte)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = {b: chr(b) for b in printable}
+    rest = [b for b in range(256) if b not in chars]
+    chars.update({b: chr(256 + n) for n, b in enumerate(rest)})
+    return {c: b for b, c in chars.items()}
+
+
+def token_pieces(tokenizer: transformers.PreTrainedTokenizerBase, vocab_size: int) -> list[bytes]:
+    """The bytes each id adds to the decoded text: b'' for special tokens and unused ids.
+
+    Handles byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2) and SentencePiece pieces ('▁' for a
+    space, '<0x0A>' byte fallback).
+    """
+    alphabet = byte_level_alphabet()
+    special = set(tokenizer.all_special_ids)
+    pieces = []
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if piece is None or i in special:
+            pieces.append(b"")
+        elif all(c in alphabet for c in piece):
+            pieces.append(bytes(alphabet[c] for c in piece))
+        elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+            pieces.append(bytes([int(piece[3:5], 16)]))
+        else:
+            pieces.append(piece.replace("\u2581", " ").encode())
+    return (pieces + [b""] * vocab_size)[:vocab_size]
+
+
+def byte_automaton(stops: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Aho–Corasick over bytes: next state [states, 256], and the states that end a stop string.
+
+    Those states absorb: once a row has matched, it stays matched.
+    """
+    children: list[dict[int, int]] = [{}]
+    accept = [False]
+    for stop in stops:
+        node = 0
+        for byte in stop:
+            if byte not in children[node]:
+                children[node][byte] = len(children)
+                children.append({})
+                accept.append(False)
+            node = children[node][byte]
+        accept[node] = True
+    delta = np.zeros((len(children), 256), np.int32)
+    fail = [0] * len(children)
+    queue = collections.deque([0])
+    while queue:  # breadth first, so a node's failure state is complete before the node
+        node = queue.popleft()
+        if node:
+            delta[node] = delta[fail[node]]
+            accept[node] |= accept[fail[node]]
+        for byte, child in children[node].items():
+            fail[child] = delta[fail[node], byte] if node else 0
+            delta[node, byte] = child
+            queue.append(child)
+    accept_S = np.asarray(accept)
+    delta[accept_S] = np.flatnonzero(accept_S)[:, None]
+    return delta, accept_S
+
+
+def stop_table(pieces: Sequence[bytes], stops: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The automaton lifted to tokens: next state [states, V] after each id's bytes; accepting."""
+    delta, accept_S = byte_automaton([s.encode() for s in stops])
+    lengths = np.asarray([len(p) for p in pieces])
+    order = np.argsort(-lengths, kind="stable")  # ids by length: byte j's ids are a prefix
+    bytes_VW = np.zeros((len(pieces), max(lengths.max(), 1)), np.uint8)
+    for row, i in enumerate(order):
+        bytes_VW[row, : lengths[i]] = np.frombuffer(pieces[i], np.uint8)
+    state_SV = np.repeat(np.arange(len(delta), dtype=np.int32)[:, None], len(pieces), 1)
+    for j in range(bytes_VW.shape[1]):
+        n = int((lengths > j).sum())
+        state_SV[:, :n] = delta[state_SV[:, :n], bytes_VW[None, :n, j]]
+    table_SV = np.empty_like(state_SV)
+    table_SV[:, order] = state_SV
+    return table_SV, accept_S
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text up to the end of its earliest stop string (kept)."""
+    ends = [text.find(s) + len(s) for s in stops if s in text]
+    return text[: min(ends)] if ends else text
+
+
+# ---------------------------------------------------------------- sampling one token per row
+
+
+def sample_logits(
+    logits_BV: jax.Array, keys_B: jax.Array, sampling: SamplingConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Token, its log-probability, and the entropy, under logits / temperature (float32).
+
+    Greedy (temperature 0) records the untempered distribution. Top-k, then top-p (on the
+    renormalised top-k mass, as in transformers) only narrow what is sampled: the recorded
+    log-probabilities stay those of the full tempered distribution, which the trainer recomputes.
+    """
+    t = sampling.temperature
+    scaled_BV = logits_BV / t if t > 0 else logits_BV
+    logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
+    entropy_B = -jnp.sum(jnp.exp(logp_BV) * logp_BV, axis=-1)
+    if t == 0:
+        tokens_B = jnp.argmax(logits_BV, axis=-1)
+    else:
+        if sampling.top_k or sampling.top_p < 1:
+            if sampling.top_k:
+                ranked_BK = jax.lax.top_k(scaled_BV, sampling.top_k)[0]
+            else:
+                ranked_BK = -jnp.sort(-scaled_BV, axis=-1)
+            probs_BK = jax.nn.softmax(ranked_BK, axis=-1)
+            before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK  # mass of likelier tokens
+            keep_B1 = jnp.sum(before_BK < sampling.top_p, axis=-1, keepdims=True)
+            cutoff_B1 = jnp.take_along_axis(ranked_BK, keep_B1 - 1, axis=-1)
+            scaled_BV = jnp.where(scaled_BV >= cutoff_B1, scaled_BV, -jnp.inf)
+        gumbel_BV = jax.vmap(lambda k: jax.random.gumbel(k, scaled_BV.shape[1:]))(keys_B)
+        tokens_B = jnp.argmax(scaled_BV + gumbel_BV, axis=-1)
+    logprob_B = jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
+    return tokens_B.astype(jnp.int32), logprob_B, entropy_B
+
+
+def advance(
+    s: DecodeState,
+    logits_BV: jax.Array,
+    eos: jax.Array,
+    stop_SV: jax.Array,
+    accept_S: jax.Array,
+    sampling: SamplingConfig,
+) -> DecodeState:
+    """Samples token `s.step` of every running row, records why rows finish, steps on."""
+    n = s.step
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.keys_B, n)
+    tokens_B, logprob_B, entropy_B = sample_logits(logits_BV, keys_B, sampling)
+    running_B = s.finish_B == 0
+    tokens_B = jnp.where(running_B, tokens_B, 0)
+    stop_state_B = jnp.where(running_B, stop_SV[s.stop_state_B, tokens_B], s.stop_state_B)
+    finish_B = jnp.select(
+        [jnp.isin(tokens_B, eos), accept_S[stop_state_B], n == sampling.max_new_tokens - 1],
+        [FINISH.index("eos"), FINISH.index("stop"), FINISH.index("length")],
+        0,
+    )
+    finish_B = jnp.where(running_B, finish_B, s.finish_B)
+
+    def put(x_BN: jax.Array, x_B: jax.Array) -> jax.Array:
+        x_B = jnp.where(running_B, x_B, 0).astype(x_BN.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(x_BN, x_B[:, None], n, axis=1)
+
+    return s.replace(
+        step=n + 1,
+        tokens_BN=put(s.tokens_BN, tokens_B),
+        logprobs_BN=put(s.logprobs_BN, logprob_B),
+        entropies_BN=put(s.entropies_BN, entropy_B),
+        lengths_B=jnp.where(running_B & (finish_B > 0), n + 1, s.lengths_B),
+        finish_B=finish_B,
+        stop_state_B=stop_state_B,
+    )
+
+
+# ---------------------------------------------------------------- the two jitted programs
+
+
+def cache_dtype(model: Decoder, sampling: SamplingConfig) -> str:
+    return sampling.cache_dtype or model.cfg.dtype
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def prefill(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_BS: jax.Array,
+    mask_BS: jax.Array,
+    key: jax.Array,
+    eos: jax.Array,
+    stop_SV: jax.Array,
+    accept_S: jax.Array,
+    sampling: SamplingConfig,
+) -> tuple[PromptCache, DecodeState]:
+    """Runs the prompts once, keeps their cache, and samples every row's first token."""
+    model = nnx.merge(graphdef, state)
+    cfg, g, n = model.cfg, sampling.num_samples, sampling.max_new_tokens
+    dtype = cache_dtype(model, sampling)
+    x_BSD, k_LBSKE, v_LBSKE = model.hidden(prompt_BS, mask_BS)
+    logits_BV = jnp.repeat(model.logits(x_BSD[:, -1:])[:, 0], g, axis=0)  # last column is real
+    prompt = PromptCache(
+        k_LBSKE=constrain(k_LBSKE.astype(dtype), "cache_LBSKE"),
+        v_LBSKE=constrain(v_LBSKE.astype(dtype), "cache_LBSKE"),
+        mask_BS=mask_BS,
+        lengths_B=mask_BS.sum(axis=1),
+    )
+    rows = prompt_BS.shape[0] * g
+    cache_LBNKE = jnp.zeros((cfg.num_layers, rows, n, cfg.num_kv_heads, cfg.head_dim), dtype)
+    zeros_BN = jnp.zeros((rows, n), jnp.float32)
+    s = DecodeState(
+        step=jnp.int32(0),
+        tokens_BN=jnp.zeros((rows, n), jnp.int32),
+        logprobs_BN=zeros_BN,
+        entropies_BN=zeros_BN,
+        lengths_B=jnp.zeros((rows,), jnp.int32),
+        finish_B=jnp.zeros((rows,), jnp.int32),
+        stop_state_B=jnp.zeros((rows,), jnp.int32),
+        keys_B=jax.random.split(key, rows),
+        k_LBNKE=constrain(cache_LBNKE, "cache_LBSKE"),
+        v_LBNKE=constrain(cache_LBNKE, "cache_LBSKE"),
+    )
+    return prompt, advance(s, logits_BV, eos, stop_SV, accept_S, sampling)
+
+
+def cached_attention(
+    q_BTHE: jax.Array,
+    k_BTKE: jax.Array,
+    v_BTKE: jax.Array,
+    prompt_k_BSKE: jax.Array,
+    prompt_v_BSKE: jax.Array,
+    prompt_mask_BS: jax.Array,
+    k_BNKE: jax.Array,
+    v_BNKE: jax.Array,
+    step: jax.Array,
+) -> jax.Array:
+    """One new token per row (T = 1) attending to its prompt, its first `step` tokens, itself.
+
+    Here B·G rows meet B prompts: the G rows of a prompt read the same prompt cache, folded
+    with the R query heads of a kv head into the rows of one matmul. Softmax in float32 over
+    the three parts at once.
+    """
+    b, s, k, e = prompt_k_BSKE.shape
+    rows, _, h, _ = q_BTHE.shape
+    g, r, n = rows // b, h // k, k_BNKE.shape[1]
+    dtype = prompt_k_BSKE.dtype
+    q_BGKRE = q_BTHE.reshape(b, g, k, r, e).astype(dtype)
+    k_BGNKE, v_BGNKE = (x.reshape(b, g, n, k, e) for x in (k_BNKE, v_BNKE))
+    k_BGKE, v_BGKE = (x.reshape(b, g, k, e).astype(dtype) for x in (k_BTKE, v_BTKE))
+
+    def scores(eq: str, keys: jax.Array) -> jax.Array:
+        return jnp.einsum(eq, q_BGKRE, keys, preferred_element_type=jnp.float32)
+
+    scores_BGKRX = jnp.concatenate(
+        [
+            scores("BGKRE,BSKE->BGKRS", prompt_k_BSKE),
+            scores("BGKRE,BGNKE->BGKRN", k_BGNKE),
+            scores("BGKRE,BGKE->BGKR", k_BGKE)[..., None],
+        ],
+        axis=-1,
+    ) / math.sqrt(e)
+    valid_BX = jnp.concatenate(
+        [prompt_mask_BS, jnp.broadcast_to(jnp.arange(n) < step, (b, n)), jnp.ones((b, 1), bool)],
+        axis=1,
+    )
+    scores_BGKRX = jnp.where(
+        valid_BX[:, None, None, None], scores_BGKRX, jnp.finfo(jnp.float32).min
+    )
+    probs_BGKRX = jax.nn.softmax(scores_BGKRX, axis=-1).astype(dtype)
+    p_prompt, p_new, p_self = jnp.split(probs_BGKRX, [s, s + n], axis=-1)
+    out_BGKRE = (
+        jnp.einsum("BGKRS,BSKE->BGKRE", p_prompt, prompt_v_BSKE, preferred_element_type=jnp.float32)
+        + jnp.einsum("BGKRN,BGNKE->BGKRE", p_new, v_BGNKE, preferred_element_type=jnp.float32)
+        + p_self.astype(jnp.float32) * v_BGKE[:, :, :, None].astype(jnp.float32)
+    )
+    return out_BGKRE.reshape(rows, 1, h, e).astype(q_BTHE.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("s",))
+def decode(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt: PromptCache,
+    s: DecodeState,
+    eos: jax.Array,
+    stop_SV: jax.Array,
+    accept_S: jax.Array,
+    sampling: SamplingConfig,
+) -> DecodeState:
+    """Decodes until every row has finished; `s` (with the generated cache) is donated."""
+    model = nnx.merge(graphdef, state)
+    inv_freq = rope_frequencies(model.cfg)
+    layer_def, layers = nnx.split(model.layers)
+    lengths_B = jnp.repeat(prompt.lengths_B, sampling.num_samples)
+
+    def cond(s: DecodeState) -> jax.Array:
+        return (s.step < sampling.max_new_tokens) & jnp.any(s.finish_B == 0)
+
+    def body(s: DecodeState) -> DecodeState:
+        t = s.step - 1  # feeds the last sampled token, t, and samples token t + 1
+        positions_BT = (lengths_B + t)[:, None]
+
+        def layer_step(x_BTD: jax.Array, xs: tuple) -> tuple[jax.Array, tuple]:
+            layer_state, prompt_k, prompt_v, k_BNKE, v_BNKE = xs
+            layer = nnx.merge(layer_def, layer_state)
+            q_BTHE, k_BTKE, v_BTKE = layer.project_qkv(x_BTD, positions_BT, inv_freq)
+            attn_BTHE = cached_attention(
+                q_BTHE, k_BTKE, v_BTKE, prompt_k, prompt_v, prompt.mask_BS, k_BNKE, v_BNKE, t
+            )
+            return layer.finish(x_BTD, attn_BTHE), (k_BTKE, v_BTKE)
+
+        x_BTD = model.embed(jax.lax.dynamic_slice_in_dim(s.tokens_BN, t, 1, axis=1))
+        xs = (layers, prompt.k_LBSKE, prompt.v_LBSKE, s.k_LBNKE, s.v_LBNKE)
+        x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(layer_step, x_BTD, xs)
+        at = (0, 0, t, 0, 0)
+        s = s.replace(
+            k_LBNKE=jax.lax.dynamic_update_slice(s.k_LBNKE, k_LBTKE.astype(s.k_LBNKE.dtype), at),
+            v_LBNKE=jax.lax.dynamic_update_slice(s.v_LBNKE, v_LBTKE.astype(s.v_LBNKE.dtype), at),
+        )
+        return advance(s, model.logits(x_BTD)[:, 0], eos, stop_SV, accept_S, sampling)
+
+    return jax.lax.while_loop(cond, body, s)
+
+
+# ---------------------------------------------------------------- the host side
+
+
+class Sampler:
+    """Pads prompts into buckets, runs prefill and decode, and decodes texts on the host."""
+
+    def __init__(
+        self,
+        model: Decoder,
+        sampling: SamplingConfig,
+        tokenizer: transformers.PreTrainedTokenizerBase | None,
+        eos: Sequence[int],
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        """Keeps the model's graph only: parameters come with every `sample` call."""
+        cfg = model.cfg
+        self.graphdef, self.cfg = nnx.graphdef(model), cfg
+        self.sampling, self.tokenizer, self.mesh = sampling, tokenizer, mesh
+        if sampling.stop and tokenizer is None:
+            raise ValueError("sampling.stop needs a tokenizer to match stop strings")
+        pieces = token_pieces(tokenizer, cfg.vocab_size) if sampling.stop else [b""]
+        table_SV, accept_S = stop_table(pieces, sampling.stop)
+        if not sampling.stop:
+            table_SV = np.zeros((1, cfg.vocab_size), np.int32)
+        self.stop_SV, self.accept_S = jnp.asarray(table_SV), jnp.asarray(accept_S)
+        self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
+
+    def pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pads token-id prompts to the smallest bucket that fits the longest."""
+        sampling, context = self.sampling, self.cfg.max_position_embeddings
+        if not prompts:
+            raise ValueError("sampler: no prompts")
+        largest = max(sampling.buckets)
+        for i, ids in enumerate(prompts):
+            if not len(ids):
+                raise ValueError(f"sampler: prompt {i} is empty")
+            if len(ids) > largest:
+                raise ValueError(
+                    f"sampler: prompt {i} has {len(ids)} tokens, more than the largest bucket "
+                    f"({largest}); add a bigger one to sampling.buckets"
+                )
+            if len(ids) + sampling.max_new_tokens > context:
+                raise ValueError(
+                    f"sampler: prompt {i} has {len(ids)} tokens; with max_new_tokens="
+                    f"{sampling.max_new_tokens} it exceeds the model's context of {context}"
+                )
+        longest = max(len(ids) for ids in prompts)
+        width = min(b for b in sampling.buckets if b >= longest)
+        prompt_BS = np.zeros((len(prompts), width), np.int32)
+        mask_BS = np.zeros((len(prompts), width), bool)
+        for row, ids in enumerate(prompts):
+            prompt_BS[row, width - len(ids) :], mask_BS[row, width - len(ids) :] = ids, True
+        return prompt_BS, mask_BS
+
+    def sample(
+        self, state: nnx.State, prompts: Sequence[Sequence[int]], seed: int | jax.Array = 0
+    ) -> Rollouts:
+        """G completions of each token-id prompt; `seed` is an int or a PRNG key."""
+        sampling = self.sampling
+        prompt_BS, mask_BS = self.pad(prompts)
+        key = jax.random.key(seed) if isinstance(seed, int) else seed
+        mesh = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+        tables = (self.eos, self.stop_SV, self.accept_S)
+        with mesh:
+            prompt, s = prefill(
+                self.graphdef, state, prompt_BS, mask_BS, key, *tables, sampling=sampling
+            )
+            s = decode(self.graphdef, state, prompt, s, *tables, sampling=sampling)
+        tokens_BN, lengths_B = np.asarray(s.tokens_BN), np.asarray(s.lengths_B)
+        finish_B = np.asarray(s.finish_B)
+        texts = []
+        for row in range(len(tokens_BN)):
+            if self.tokenizer is None:
+                texts.append("")
+                continue
+            ids = tokens_BN[row, : lengths_B[row]].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            stopped = finish_B[row] == FINISH.index("stop")
+            texts.append(cut_at_stop(text, sampling.stop) if stopped else text)
+        g = sampling.num_samples
+        return Rollouts(
+            prompt_BS=np.repeat(prompt_BS, g, axis=0),
+            prompt_mask_BS=np.repeat(mask_BS, g, axis=0),
+            tokens_BN=tokens_BN,
+            logprobs_BN=np.asarray(s.logprobs_BN),
+            entropies_BN=np.asarray(s.entropies_BN),
+            lengths_B=lengths_B,
+            finish_B=finish_B,
+            texts=tuple(texts),
+        )
