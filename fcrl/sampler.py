@@ -139,7 +139,8 @@ def token_pieces(tokenizer: transformers.PreTrainedTokenizerBase, vocab_size: in
     space, '<0x0A>' byte fallback).
     """
     alphabet = byte_level_alphabet()
-    special = set(tokenizer.all_special_ids)
+    added = tokenizer.added_tokens_decoder.items()
+    special = set(tokenizer.all_special_ids) | {i for i, t in added if t.special}
     pieces = []
     for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
         if piece is None or i in special:
@@ -226,7 +227,9 @@ def sample_logits(
     logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
     entropy_B = -jnp.sum(jnp.exp(logp_BV) * logp_BV, axis=-1)
     if t == 0:
-        tokens_B = jnp.argmax(logits_BV, axis=-1)
+        # The argmax of logp, not of the logits: the same token, and with the vocabulary
+        # sharded it avoids a vectorizer hang in XLA:CPU's LLVM seen with jax 0.10.2.
+        tokens_B = jnp.argmax(logp_BV, axis=-1)
     else:
         if sampling.top_k or sampling.top_p < 1:
             if sampling.top_k:

@@ -75,3 +75,32 @@ def torch_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
             position_ids=torch.tensor(positions),
         )
     return out.logits.float().numpy()
+
+
+def random_model(kind: str, seed: int = 0, noise: float = 0.3):
+    """A tiny Decoder of `kind` (no torch needed) and a parameter state noisy enough that greedy
+    decoding wanders over the vocabulary instead of repeating one token."""
+    import jax
+    from flax import nnx
+
+    from fcrl.models import Decoder, ModelConfig
+
+    model = Decoder(ModelConfig.from_hf(hf_config(kind).to_dict()), nnx.Rngs(seed))
+    leaves, treedef = jax.tree.flatten(nnx.state(model))
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    noisy = [x + noise * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return model, jax.tree.unflatten(treedef, noisy)
+
+
+def char_tokenizer():
+    """A 96-id tokenizer: the 95 printable ASCII characters, then <eos> (id 95)."""
+    import tokenizers
+    import transformers
+
+    vocab = {chr(32 + i): i for i in range(95)} | {"<eos>": 95}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<eos>"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+        tokenizers.Regex("."), behavior="isolated"
+    )
+    tokenizer.decoder = tokenizers.decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")

@@ -1,0 +1,270 @@
+"""The rollout engine on tiny random models: cache = no cache, recorded = recomputed
+log-probabilities, sharded = unsharded, no recompiles, stops, seeds, and bad input."""
+
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fcrl import sampler as sampler_lib
+from fcrl.models.gguf import default_model_dir
+from fcrl.sampler import FINISH, Sampler, SamplingConfig
+from fcrl.sharding import SAMPLE_RULES, make_mesh, shardings
+from tests.models import tiny
+
+# Three prompt lengths in one batch, all in the 32 bucket.
+PROMPTS = [[5, 17, 3], list(range(20, 37)), [int(x) for x in np.arange(30) * 7 % 90]]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "new"))
+def argmax_loop(graphdef, state, tokens_BT, mask_BT, new):
+    """Reference: a full forward over the whole buffer at every step, no cache."""
+    model = nnx.merge(graphdef, state)
+    start = tokens_BT.shape[1] - new
+
+    def step(i, carry):
+        tokens_BT, mask_BT = carry
+        logits_BV = model(tokens_BT, mask_BT)[:, start + i - 1]
+        tokens_BT = tokens_BT.at[:, start + i].set(jnp.argmax(logits_BV, -1).astype(jnp.int32))
+        return tokens_BT, mask_BT.at[:, start + i].set(True)
+
+    return jax.lax.fori_loop(0, new, step, (tokens_BT, mask_BT))[0][:, start:]
+
+
+def reference_greedy(model, state, prompts, new):
+    width = max(len(p) for p in prompts)
+    tokens = np.zeros((len(prompts), width + new), np.int32)
+    mask = np.zeros_like(tokens, bool)
+    for row, ids in enumerate(prompts):
+        tokens[row, width - len(ids) : width], mask[row, width - len(ids) : width] = ids, True
+    return np.asarray(argmax_loop(nnx.graphdef(model), state, tokens, mask, new))
+
+
+def teacher_forced(model, state, rollouts, temperature):
+    """Log-probabilities and entropies of the sampled tokens from one forward over each row."""
+    tokens = np.concatenate([rollouts.prompt_BS, rollouts.tokens_BN], axis=1)
+    n = rollouts.tokens_BN.shape[1]
+    completion = np.arange(n)[None] < rollouts.lengths_B[:, None]
+    mask = np.concatenate([rollouts.prompt_mask_BS, completion], axis=1)
+    logits = nnx.merge(nnx.graphdef(model), state)(jnp.asarray(tokens), jnp.asarray(mask))
+    logp = jax.nn.log_softmax(logits[:, -n - 1 : -1] / temperature, axis=-1)
+    chosen = jnp.take_along_axis(logp, jnp.asarray(rollouts.tokens_BN)[..., None], -1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return np.asarray(chosen), np.asarray(entropy), completion
+
+
+@pytest.mark.parametrize("kind", tiny.KINDS)
+def test_greedy_equals_a_no_cache_argmax_loop(kind):
+    model, state = tiny.random_model(kind)
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=64, temperature=0, buckets=(32,))
+    rollouts = Sampler(model, sampling, None, []).sample(state, PROMPTS)
+    expected = reference_greedy(model, state, PROMPTS, 64)
+    np.testing.assert_array_equal(rollouts.tokens_BN, np.repeat(expected, 2, axis=0))
+    assert (rollouts.lengths_B == 64).all()
+    assert [FINISH[f] for f in rollouts.finish_B] == ["length"] * 6
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(num_samples=3, max_new_tokens=24, temperature=0.7),
+        SamplingConfig(num_samples=2, max_new_tokens=24, temperature=1.3, top_k=5, top_p=0.8),
+    ],
+    ids=["t0.7", "t1.3-topk-topp"],
+)
+def test_recorded_logprobs_equal_a_teacher_forced_recompute(sampling):
+    model, state = tiny.random_model("qwen2")
+    rollouts = Sampler(model, sampling, None, [3]).sample(state, PROMPTS, seed=4)
+    logp, entropy, valid = teacher_forced(model, state, rollouts, sampling.temperature)
+    assert rollouts.logprobs_BN.dtype == np.float32
+    assert np.abs(rollouts.logprobs_BN - logp)[valid].max() <= 1e-4
+    assert np.abs(rollouts.entropies_BN - entropy)[valid].max() <= 1e-4
+    assert not rollouts.logprobs_BN[~valid].any() and not rollouts.tokens_BN[~valid].any()
+
+
+def test_top_k_and_top_p_only_sample_the_allowed_tokens():
+    model, state = tiny.random_model("llama_tied")
+    top_k = SamplingConfig(num_samples=4, max_new_tokens=16, temperature=2.0, top_k=3)
+    top_p = SamplingConfig(num_samples=4, max_new_tokens=16, temperature=2.0, top_p=0.3)
+    for sampling in (top_k, top_p):
+        rollouts = Sampler(model, sampling, None, []).sample(state, PROMPTS, seed=1)
+        tokens = np.concatenate([rollouts.prompt_BS, rollouts.tokens_BN], axis=1)
+        mask = np.concatenate([rollouts.prompt_mask_BS, np.ones_like(rollouts.tokens_BN, bool)], 1)
+        logits = nnx.merge(nnx.graphdef(model), state)(jnp.asarray(tokens), jnp.asarray(mask))
+        probs = np.asarray(jax.nn.softmax(logits[:, -17:-1] / 2.0, axis=-1))
+        chosen = np.take_along_axis(probs, rollouts.tokens_BN[..., None], -1)
+        rank = (probs > chosen).sum(-1)  # likelier tokens than the sampled one
+        mass_before = np.where(probs > chosen, probs, 0).sum(-1)
+        if sampling.top_k:
+            assert rank.max() < 3
+        else:
+            assert mass_before.max() < 0.3
+        assert rank.max() > 0  # it does sample, not only take the argmax
+
+
+def test_sharded_decoding_equals_unsharded():
+    model, state = tiny.random_model("qwen3")
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=20, temperature=0.9)
+    prompts = PROMPTS + [[9, 9, 9, 9]]
+    expected = Sampler(model, sampling, None, []).sample(state, prompts, seed=2)
+    greedy = SamplingConfig(num_samples=2, max_new_tokens=20, temperature=0)
+    expected_greedy = Sampler(model, greedy, None, []).sample(state, prompts)
+    for shape in ({"data": 2, "tensor": 4}, {"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}):
+        mesh = make_mesh(shape)
+        sharded = jax.device_put(state, shardings(state, SAMPLE_RULES, mesh))
+        got = Sampler(model, sampling, None, [], mesh=mesh).sample(sharded, prompts, seed=2)
+        np.testing.assert_array_equal(got.tokens_BN, expected.tokens_BN)
+        np.testing.assert_allclose(got.logprobs_BN, expected.logprobs_BN, atol=1e-5)
+        got = Sampler(model, greedy, None, [], mesh=mesh).sample(sharded, prompts)
+        np.testing.assert_array_equal(got.tokens_BN, expected_greedy.tokens_BN)
+
+
+def test_new_parameter_values_and_prompt_lengths_do_not_recompile():
+    model, state = tiny.random_model("llama3_untied")
+    sampler = Sampler(model, SamplingConfig(num_samples=2, max_new_tokens=8), None, [])
+    first = sampler.sample(state, PROMPTS)
+    sizes = sampler_lib.prefill._cache_size(), sampler_lib.decode._cache_size()
+    other = jax.tree.map(lambda x: x * 1.5, state)
+    second = sampler.sample(other, [p[::-1][:11] for p in PROMPTS])  # same bucket, new lengths
+    assert (sampler_lib.prefill._cache_size(), sampler_lib.decode._cache_size()) == sizes
+    assert (first.tokens_BN != second.tokens_BN).any()
+
+
+def test_seeds_reproduce_and_rows_of_a_group_differ():
+    model, state = tiny.random_model("qwen2")
+    sampler = Sampler(model, SamplingConfig(num_samples=4, max_new_tokens=12), None, [])
+    a, b, c = (sampler.sample(state, PROMPTS[:1], seed=s).tokens_BN for s in (0, 0, 1))
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    assert len({tuple(row) for row in a}) == 4
+
+
+def test_eos_ends_a_row_and_keeps_the_eos_token():
+    model, state = tiny.random_model("llama_tied")
+    greedy = reference_greedy(model, state, PROMPTS, 10)
+    eos = int(greedy[1, 3])
+    first = [int(np.flatnonzero(row == eos)[0]) if eos in row else None for row in greedy]
+    sampling = SamplingConfig(max_new_tokens=10, temperature=0)
+    rollouts = Sampler(model, sampling, None, [eos]).sample(state, PROMPTS)
+    for row, end in enumerate(first):
+        if end is None:
+            assert FINISH[rollouts.finish_B[row]] == "length"
+            continue
+        assert FINISH[rollouts.finish_B[row]] == "eos"
+        assert rollouts.lengths_B[row] == end + 1
+        assert rollouts.tokens_BN[row, end] == eos and not rollouts.tokens_BN[row, end + 1 :].any()
+
+
+def test_a_stop_string_across_tokens_ends_the_row_and_stays_in_the_text():
+    model, state = tiny.random_model("qwen3")
+    tokenizer = tiny.char_tokenizer()
+    base = SamplingConfig(max_new_tokens=30, temperature=0)
+    free = Sampler(model, base, tokenizer, []).sample(state, PROMPTS)
+    text = free.texts[0]
+    assert 95 not in free.tokens_BN[0, :9]  # one character per token up to the stop
+    stop = text[6:9]  # three characters, so three tokens
+    sampling = SamplingConfig(max_new_tokens=30, temperature=0, stop=(stop, "never seen"))
+    rollouts = Sampler(model, sampling, tokenizer, []).sample(state, PROMPTS)
+    end = text.index(stop) + len(stop)
+    assert rollouts.texts[0] == text[:end]
+    assert FINISH[rollouts.finish_B[0]] == "stop" and rollouts.lengths_B[0] == end
+    for row in (1, 2):  # the other rows stop at their own first match, or run to the end
+        want = text_end = free.texts[row]
+        if stop in text_end:
+            want = text_end[: text_end.index(stop) + len(stop)]
+        assert rollouts.texts[row] == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.text("abc", max_size=3).map(str.encode), min_size=1, max_size=8),
+    stops=st.lists(st.text("ab", min_size=1, max_size=4), min_size=1, max_size=3),
+    ids=st.lists(st.integers(0, 7), max_size=20),
+)
+def test_stop_table_agrees_with_searching_the_decoded_text(pieces, stops, ids):
+    ids = [i % len(pieces) for i in ids]
+    table, accept = sampler_lib.stop_table(pieces, stops)
+    state = 0
+    for n in range(len(ids) + 1):
+        text = b"".join(pieces[i] for i in ids[:n]).decode()
+        assert bool(accept[state]) == any(s in text for s in stops)
+        if n < len(ids):
+            state = table[state, ids[n]]
+
+
+def test_token_pieces_concatenate_to_the_decoded_text_of_the_real_tokenizer():
+    tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir())
+    pieces = sampler_lib.token_pieces(tokenizer, 49152)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ids = rng.integers(0, 49152, 12).tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        assert b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace") == text
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_new_tokens", 0, "sampling.max_new_tokens must be positive, got 0"),
+        ("temperature", -0.1, "sampling.temperature must be >= 0, got -0.1"),
+        ("top_p", 0.0, "sampling.top_p must be in (0, 1], got 0.0"),
+        ("top_p", 1.5, "sampling.top_p must be in (0, 1], got 1.5"),
+        ("top_k", -1, "sampling.top_k must be >= 0, got -1"),
+        ("num_samples", 0, "sampling.num_samples must be >= 1, got 0"),
+    ],
+)
+def test_bad_sampling_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError) as error:
+        SamplingConfig(**{field: value})
+    assert str(error.value) == message
+
+
+def test_bad_prompts_name_their_index_and_length():
+    model, state = tiny.random_model("qwen2")  # context: 256 positions
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=8, buckets=(16, 64)), None, [])
+    with pytest.raises(ValueError, match="prompt 1 has 65 tokens, more than the largest bucket"):
+        sampler.sample(state, [[1], [2] * 65])
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        sampler.sample(state, [[]])
+    long_run = Sampler(model, SamplingConfig(max_new_tokens=200, buckets=(64,)), None, [])
+    with pytest.raises(ValueError, match="prompt 2 has 60 tokens; with max_new_tokens=200 it "):
+        long_run.sample(state, [[1], [1], [1] * 60])
+
+
+def test_generate_command_prints_one_json_line_per_sample():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcrl.generate",
+            "--prompt",
+            "Name a color.",
+            "--num-samples",
+            "3",
+            "--temperature",
+            "0.8",
+            "--max-new-tokens",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row) == {"text", "token_ids", "logprobs", "finish_reason"}
+        assert len(row["token_ids"]) == len(row["logprobs"]) <= 6
+        assert row["finish_reason"] in ("eos", "length")
+        assert all(lp <= 0 for lp in row["logprobs"])
