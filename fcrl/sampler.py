@@ -4,10 +4,10 @@
   rollouts = sampler.sample(state, [prompt_ids, ...], seed=0)
 
 `prefill` runs the decoder once over the left-padded prompts [B, S] (S: the smallest length
-bucket that fits) and keeps every layer's keys and values: the prompt cache [L, B, S, K, E],
+bucket that fits) and keeps every layer's keys and values: the prompt cache [L, B, K, S, E],
 read by all G rows of a prompt's group and never copied G times. `decode` is one
 `lax.while_loop` over the B·G rows (prompt-major: row = prompt · G + sample): step t feeds every
-row's token t, writes its key and value at slot t of the generated cache [L, B·G, N, K, E]
+row's token t, writes its key and value at slot t of the generated cache [L, B·G, K, N, E]
 (donated, so updated in place) and samples token t + 1. It exits once every row has finished:
 an eos id, a stop string, or N = max_new_tokens tokens. Parameters are arguments of both jitted
 functions, so new values of the same shapes reuse the compiled programs.
@@ -66,8 +66,8 @@ class SamplingConfig:
 class PromptCache:
     """Keys and values of the padded prompts, shared by each prompt's G rows."""
 
-    k_LBSKE: jax.Array
-    v_LBSKE: jax.Array
+    k_LBKSE: jax.Array  # kv-head major, so attention reads it without a transpose
+    v_LBKSE: jax.Array
     mask_BS: jax.Array
     lengths_B: jax.Array
 
@@ -84,8 +84,8 @@ class DecodeState:
     finish_B: jax.Array  # index into FINISH
     stop_state_B: jax.Array  # state of the stop-string automaton
     keys_B: jax.Array  # one PRNG key per row
-    k_LBNKE: jax.Array  # generated cache
-    v_LBNKE: jax.Array
+    k_LBKNE: jax.Array  # generated cache, kv-head major
+    v_LBKNE: jax.Array
 
 
 @struct.dataclass
@@ -241,8 +241,10 @@ def sample_logits(
             keep_B1 = jnp.sum(before_BK < sampling.top_p, axis=-1, keepdims=True)
             cutoff_B1 = jnp.take_along_axis(ranked_BK, keep_B1 - 1, axis=-1)
             scaled_BV = jnp.where(scaled_BV >= cutoff_B1, scaled_BV, -jnp.inf)
-        gumbel_BV = jax.vmap(lambda k: jax.random.gumbel(k, scaled_BV.shape[1:]))(keys_B)
-        tokens_B = jnp.argmax(scaled_BV + gumbel_BV, axis=-1)
+        # Inverse CDF: one uniform per row, not one Gumbel per vocabulary entry.
+        cdf_BV = jnp.cumsum(jax.nn.softmax(scaled_BV, axis=-1), axis=-1)
+        u_B1 = jax.vmap(jax.random.uniform)(keys_B)[:, None] * cdf_BV[:, -1:]
+        tokens_B = jnp.minimum(jnp.sum(cdf_BV <= u_B1, axis=-1), scaled_BV.shape[-1] - 1)
     logprob_B = jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
     return tokens_B.astype(jnp.int32), logprob_B, entropy_B
 
@@ -310,13 +312,13 @@ def prefill(
     x_BSD, k_LBSKE, v_LBSKE = model.hidden(prompt_BS, mask_BS)
     logits_BV = jnp.repeat(model.logits(x_BSD[:, -1:])[:, 0], g, axis=0)  # last column is real
     prompt = PromptCache(
-        k_LBSKE=constrain(k_LBSKE.astype(dtype), "cache_LBSKE"),
-        v_LBSKE=constrain(v_LBSKE.astype(dtype), "cache_LBSKE"),
+        k_LBKSE=constrain(k_LBSKE.transpose(0, 1, 3, 2, 4).astype(dtype), "cache_LBKSE"),
+        v_LBKSE=constrain(v_LBSKE.transpose(0, 1, 3, 2, 4).astype(dtype), "cache_LBKSE"),
         mask_BS=mask_BS,
         lengths_B=mask_BS.sum(axis=1),
     )
     rows = prompt_BS.shape[0] * g
-    cache_LBNKE = jnp.zeros((cfg.num_layers, rows, n, cfg.num_kv_heads, cfg.head_dim), dtype)
+    cache_LBKNE = jnp.zeros((cfg.num_layers, rows, cfg.num_kv_heads, n, cfg.head_dim), dtype)
     zeros_BN = jnp.zeros((rows, n), jnp.float32)
     s = DecodeState(
         step=jnp.int32(0),
@@ -327,8 +329,8 @@ def prefill(
         finish_B=jnp.zeros((rows,), jnp.int32),
         stop_state_B=jnp.zeros((rows,), jnp.int32),
         keys_B=jax.random.split(key, rows),
-        k_LBNKE=constrain(cache_LBNKE, "cache_LBSKE"),
-        v_LBNKE=constrain(cache_LBNKE, "cache_LBSKE"),
+        k_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
+        v_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
     )
     return prompt, advance(s, logits_BV, eos, stop_SV, accept_S, sampling)
 
@@ -337,34 +339,37 @@ def cached_attention(
     q_BTHE: jax.Array,
     k_BTKE: jax.Array,
     v_BTKE: jax.Array,
-    prompt_k_BSKE: jax.Array,
-    prompt_v_BSKE: jax.Array,
+    prompt_k_BKSE: jax.Array,
+    prompt_v_BKSE: jax.Array,
     prompt_mask_BS: jax.Array,
-    k_BNKE: jax.Array,
-    v_BNKE: jax.Array,
+    k_BKNE: jax.Array,
+    v_BKNE: jax.Array,
     step: jax.Array,
 ) -> jax.Array:
     """One new token per row (T = 1) attending to its prompt, its first `step` tokens, itself.
 
     Here B·G rows meet B prompts: the G rows of a prompt read the same prompt cache, folded
-    with the R query heads of a kv head into the rows of one matmul. Softmax in float32 over
-    the three parts at once.
+    with the R query heads of a kv head into the rows of one matmul. One softmax over the
+    three parts at once.
     """
-    b, s, k, e = prompt_k_BSKE.shape
+    b, k, s, e = prompt_k_BKSE.shape
     rows, _, h, _ = q_BTHE.shape
-    g, r, n = rows // b, h // k, k_BNKE.shape[1]
-    dtype = prompt_k_BSKE.dtype
-    q_BGKRE = q_BTHE.reshape(b, g, k, r, e).astype(dtype)
-    k_BGNKE, v_BGNKE = (x.reshape(b, g, n, k, e) for x in (k_BNKE, v_BNKE))
-    k_BGKE, v_BGKE = (x.reshape(b, g, k, e).astype(dtype) for x in (k_BTKE, v_BTKE))
+    g, r, n = rows // b, h // k, k_BKNE.shape[2]
+    # In float32 whatever the cache dtype: XLA:CPU has no bf16 × bf16 → f32 kernel for these
+    # small batched matmuls (a bf16 cache still halves the cache's memory).
+    f32 = jnp.float32
+    q_BGKRE = q_BTHE.reshape(b, g, k, r, e).astype(f32)
+    k_BGKNE, v_BGKNE = (x.reshape(b, g, k, n, e).astype(f32) for x in (k_BKNE, v_BKNE))
+    k_BGKE, v_BGKE = (x.reshape(b, g, k, e).astype(f32) for x in (k_BTKE, v_BTKE))
+    prompt_k_BKSE, prompt_v_BKSE = prompt_k_BKSE.astype(f32), prompt_v_BKSE.astype(f32)
 
     def scores(eq: str, keys: jax.Array) -> jax.Array:
-        return jnp.einsum(eq, q_BGKRE, keys, preferred_element_type=jnp.float32)
+        return jnp.einsum(eq, q_BGKRE, keys)
 
     scores_BGKRX = jnp.concatenate(
         [
-            scores("BGKRE,BSKE->BGKRS", prompt_k_BSKE),
-            scores("BGKRE,BGNKE->BGKRN", k_BGNKE),
+            scores("BGKRE,BKSE->BGKRS", prompt_k_BKSE),
+            scores("BGKRE,BGKNE->BGKRN", k_BGKNE),
             scores("BGKRE,BGKE->BGKR", k_BGKE)[..., None],
         ],
         axis=-1,
@@ -376,12 +381,12 @@ def cached_attention(
     scores_BGKRX = jnp.where(
         valid_BX[:, None, None, None], scores_BGKRX, jnp.finfo(jnp.float32).min
     )
-    probs_BGKRX = jax.nn.softmax(scores_BGKRX, axis=-1).astype(dtype)
+    probs_BGKRX = jax.nn.softmax(scores_BGKRX, axis=-1)
     p_prompt, p_new, p_self = jnp.split(probs_BGKRX, [s, s + n], axis=-1)
     out_BGKRE = (
-        jnp.einsum("BGKRS,BSKE->BGKRE", p_prompt, prompt_v_BSKE, preferred_element_type=jnp.float32)
-        + jnp.einsum("BGKRN,BGNKE->BGKRE", p_new, v_BGNKE, preferred_element_type=jnp.float32)
-        + p_self.astype(jnp.float32) * v_BGKE[:, :, :, None].astype(jnp.float32)
+        jnp.einsum("BGKRS,BKSE->BGKRE", p_prompt, prompt_v_BKSE)
+        + jnp.einsum("BGKRN,BGKNE->BGKRE", p_new, v_BGKNE)
+        + p_self * v_BGKE[:, :, :, None]
     )
     return out_BGKRE.reshape(rows, 1, h, e).astype(q_BTHE.dtype)
 
@@ -411,23 +416,26 @@ def decode(
         positions_BT = (lengths_B + t)[:, None]
 
         def layer_step(x_BTD: jax.Array, xs: tuple) -> tuple[jax.Array, tuple]:
-            layer_state, prompt_k, prompt_v, k_BNKE, v_BNKE = xs
+            layer_state, prompt_k, prompt_v, k_BKNE, v_BKNE = xs
             layer = nnx.merge(layer_def, layer_state)
             q_BTHE, k_BTKE, v_BTKE = layer.project_qkv(x_BTD, positions_BT, inv_freq)
             attn_BTHE = cached_attention(
-                q_BTHE, k_BTKE, v_BTKE, prompt_k, prompt_v, prompt.mask_BS, k_BNKE, v_BNKE, t
+                q_BTHE, k_BTKE, v_BTKE, prompt_k, prompt_v, prompt.mask_BS, k_BKNE, v_BKNE, t
             )
             return layer.finish(x_BTD, attn_BTHE), (k_BTKE, v_BTKE)
 
         x_BTD = model.embed(jax.lax.dynamic_slice_in_dim(s.tokens_BN, t, 1, axis=1))
-        xs = (layers, prompt.k_LBSKE, prompt.v_LBSKE, s.k_LBNKE, s.v_LBNKE)
+        xs = (layers, prompt.k_LBKSE, prompt.v_LBKSE, s.k_LBKNE, s.v_LBKNE)
         x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(layer_step, x_BTD, xs)
-        at = (0, 0, t, 0, 0)
+        at = (0, 0, 0, t, 0)
         s = s.replace(
-            k_LBNKE=jax.lax.dynamic_update_slice(s.k_LBNKE, k_LBTKE.astype(s.k_LBNKE.dtype), at),
-            v_LBNKE=jax.lax.dynamic_update_slice(s.v_LBNKE, v_LBTKE.astype(s.v_LBNKE.dtype), at),
+            k_LBKNE=jax.lax.dynamic_update_slice(s.k_LBKNE, new_kv(k_LBTKE, s.k_LBKNE.dtype), at),
+            v_LBKNE=jax.lax.dynamic_update_slice(s.v_LBKNE, new_kv(v_LBTKE, s.v_LBKNE.dtype), at),
         )
         return advance(s, model.logits(x_BTD)[:, 0], eos, stop_SV, accept_S, sampling)
+
+    def new_kv(x_LBTKE: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        return x_LBTKE.transpose(0, 1, 3, 2, 4).astype(dtype)  # [L, B, K, 1, E]
 
     return jax.lax.while_loop(cond, body, s)
 

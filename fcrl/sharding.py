@@ -56,7 +56,7 @@ ACTIVATIONS: Mapping[str, P] = {
     "act_BTKE": P(BATCH, None, "tensor", None),
     "act_BTF": P(BATCH, None, "tensor"),
     "act_BTV": P(BATCH, None, "tensor"),
-    "cache_LBSKE": P(None, BATCH, None, "tensor", None),
+    "cache_LBKSE": P(None, BATCH, "tensor", None, None),
 }
 
 
