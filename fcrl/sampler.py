@@ -289,10 +289,6 @@ def advance(
 # ---------------------------------------------------------------- the two jitted programs
 
 
-def cache_dtype(model: Decoder, sampling: SamplingConfig) -> str:
-    return sampling.cache_dtype or model.cfg.dtype
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
 def prefill(
     graphdef: nnx.GraphDef,
@@ -308,7 +304,7 @@ def prefill(
     """Runs the prompts once, keeps their cache, and samples every row's first token."""
     model = nnx.merge(graphdef, state)
     cfg, g, n = model.cfg, sampling.num_samples, sampling.max_new_tokens
-    dtype = cache_dtype(model, sampling)
+    dtype = sampling.cache_dtype or cfg.dtype
     x_BSD, k_LBSKE, v_LBSKE = model.hidden(prompt_BS, mask_BS)
     logits_BV = jnp.repeat(model.logits(x_BSD[:, -1:])[:, 0], g, axis=0)  # last column is real
     prompt = PromptCache(
@@ -460,10 +456,9 @@ class Sampler:
         self.sampling, self.tokenizer, self.mesh = sampling, tokenizer, mesh
         if sampling.stop and tokenizer is None:
             raise ValueError("sampling.stop needs a tokenizer to match stop strings")
-        pieces = token_pieces(tokenizer, cfg.vocab_size) if sampling.stop else [b""]
+        no_text = [b""] * cfg.vocab_size  # without stop strings: one state, never accepting
+        pieces = token_pieces(tokenizer, cfg.vocab_size) if sampling.stop else no_text
         table_SV, accept_S = stop_table(pieces, sampling.stop)
-        if not sampling.stop:
-            table_SV = np.zeros((1, cfg.vocab_size), np.int32)
         self.stop_SV, self.accept_S = jnp.asarray(table_SV), jnp.asarray(accept_S)
         self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
 
