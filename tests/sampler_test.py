@@ -1,6 +1,7 @@
 """The rollout engine on tiny random models: cache = no cache, recorded = recomputed
 log-probabilities, sharded = unsharded, no recompiles, stops, seeds, and bad input."""
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -89,6 +90,21 @@ def test_recorded_logprobs_equal_a_teacher_forced_recompute(sampling):
     assert np.abs(rollouts.logprobs_BN - logp)[valid].max() <= 1e-4
     assert np.abs(rollouts.entropies_BN - entropy)[valid].max() <= 1e-4
     assert not rollouts.logprobs_BN[~valid].any() and not rollouts.tokens_BN[~valid].any()
+
+
+def test_bf16_weights_and_cache_stay_close_to_float32():
+    model, state = tiny.random_model("qwen2")
+    bf16_model, _ = tiny.random_model("qwen2")
+    bf16_model.cfg = dataclasses.replace(model.cfg, dtype="bfloat16", param_dtype="bfloat16")
+    bf16_state = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state)
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=16, temperature=1.0)
+    rollouts = Sampler(bf16_model, sampling, None, []).sample(bf16_state, PROMPTS, seed=3)
+    assert rollouts.logprobs_BN.dtype == np.float32
+    same, _, valid = teacher_forced(bf16_model, bf16_state, rollouts, 1.0)
+    f32, _, _ = teacher_forced(model, state, rollouts, 1.0)
+    # bf16 rounding differs between the cached and the full forward: a loose mean bound.
+    assert np.abs(rollouts.logprobs_BN - same)[valid].mean() < 0.05
+    assert np.abs(rollouts.logprobs_BN - f32)[valid].mean() < 0.15
 
 
 def test_top_k_and_top_p_only_sample_the_allowed_tokens():
