@@ -56,6 +56,7 @@ class SamplingConfig:
             "top_k": (self.top_k >= 0, "must be >= 0"),
             "stop": (all(self.stop), "must not hold an empty string"),
             "buckets": (bool(self.buckets) and min(self.buckets) > 0, "must be positive"),
+            "cache_dtype": (self.cache_dtype in (None, "float32", "bfloat16"), "is not a dtype"),
         }
         for field, (ok, why) in checks.items():
             if not ok:

@@ -236,6 +236,7 @@ def test_token_pieces_concatenate_to_the_decoded_text_of_the_real_tokenizer():
         ("top_p", 1.5, "sampling.top_p must be in (0, 1], got 1.5"),
         ("top_k", -1, "sampling.top_k must be >= 0, got -1"),
         ("num_samples", 0, "sampling.num_samples must be >= 1, got 0"),
+        ("cache_dtype", "fp8", "sampling.cache_dtype is not a dtype, got 'fp8'"),
     ],
 )
 def test_bad_sampling_values_name_the_field(field, value, message):
