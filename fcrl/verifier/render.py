@@ -25,12 +25,24 @@ def _kwargs(args: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
-def first_accepted(ground_truth: list) -> list[Call]:
-    """One correct answer: each parameter at its first accepted value; left out where that is ""."""
+def first_accepted(ground_truth: list, tools: list | None = None) -> list[Call]:
+    """One correct answer: each parameter at its first accepted value other than "". Left out:
+    parameters with no such value, and optional ones that the function's doc (if given) lacks."""
+    docs = {}
+    for tool in tools or []:
+        tool = tool.get("function", tool)
+        docs.setdefault(tool["name"], tool.get("parameters", {}))
     calls = []
     for entry in ground_truth:
         ((name, params),) = entry.items()
-        args = {p: _concrete(vs[0]) for p, vs in params.items() if vs and vs[0] != ""}
+        doc = docs.get(name)
+        args = {}
+        for p, vs in params.items():
+            values = [v for v in vs if v != ""]
+            if values and not ("" in vs and doc is not None and p not in doc["properties"]):
+                args[p] = _concrete(values[0])
+            elif not values and "" in vs and doc is not None and p in doc.get("required", ()):
+                args[p] = ""  # required by the doc, and "" is what the ground truth accepts
         calls.append((name, args))
     return calls
 
