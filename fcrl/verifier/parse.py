@@ -95,6 +95,8 @@ def _call(node: ast.Call) -> Call:
     for kw in node.keywords:
         if kw.arg is None:
             raise Rejected("bad_argument", f"{name}: **kwargs")
+        if kw.arg in args:
+            raise Rejected("bad_argument", f"{name}: {kw.arg} given twice")
         args[kw.arg] = _literal(kw.value, f"{name}({kw.arg}=…)")
     return name, args
 
