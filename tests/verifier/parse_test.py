@@ -17,7 +17,7 @@ def reason(text: str, fmt: str = "think_answer") -> str:
 
 
 def test_think_answer():
-    text = "<think>The user wants two cities.</think>\n<answer>[w.get(city='Paris', n=-3), g()]</answer>"
+    text = "<think>Two calls.</think>\n<answer>[w.get(city='Paris', n=-3), g()]</answer>"
     assert parse(text, "think_answer") == [("w.get", {"city": "Paris", "n": -3}), ("g", {})]
     assert parse("  <think></think><answer>[]</answer>\n", "think_answer") == []
     assert parse("<think>x</think><answer>I cannot help.</answer>", "think_answer") == []
