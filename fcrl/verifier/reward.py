@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from fcrl.verifier.match import Expected, compile_ground_truth, match
-from fcrl.verifier.parse import FORMATS, Rejected, parse
+from fcrl.verifier.parse import FORMATS, MAX_ANSWER_CHARS, Rejected, parse
 
 # Every reason a verdict can carry; "ok" is the only one with reward 1.
 REASONS = {
     "ok": "format right and calls right (for an irrelevance item: no call)",
-    "too_long": "the completion is over max_chars; rejected before parsing",
+    "too_long": "over max_chars, or an answer over max_answer_chars; rejected before parsing",
     "no_think": "think_answer: not exactly one <think>…</think> opening the completion",
     "no_answer": "think_answer: not exactly one <answer>…</answer> after </think>, ending it",
     "bad_answer_syntax": "the answer is not a call list (or <tool_call> JSON) that parses",
@@ -49,6 +49,7 @@ class Options:
 
     fmt: str = "think_answer"
     max_chars: int = MAX_CHARS
+    max_answer_chars: int = MAX_ANSWER_CHARS
     shape: str = "binary"
     format_credit: float = 0.1
 
@@ -59,8 +60,9 @@ class Options:
             raise ValueError(
                 f"shape: unknown reward shape {self.shape!r}; expected one of {SHAPES}"
             )
-        if self.max_chars < 1:
-            raise ValueError(f"max_chars: must be positive, got {self.max_chars}")
+        for field in ("max_chars", "max_answer_chars"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}: must be positive, got {getattr(self, field)}")
 
 
 def verify(
@@ -70,6 +72,7 @@ def verify(
     fmt: str = "think_answer",
     *,
     max_chars: int = MAX_CHARS,
+    max_answer_chars: int = MAX_ANSWER_CHARS,
     shape: str = "binary",
     format_credit: float = 0.1,
 ) -> Verdict:
@@ -79,7 +82,7 @@ def verify(
     to completions whose format is right but whose calls are wrong. Bad ground truth, tools or
     options raise ValueError; nothing the completion holds can raise.
     """
-    options = Options(fmt, max_chars, shape, format_credit)
+    options = Options(fmt, max_chars, max_answer_chars, shape, format_credit)
     return judge(completion, compile_ground_truth(ground_truth, tools), options)
 
 
@@ -91,7 +94,8 @@ def judge(completion: str, expected: list[Expected], options: Options) -> Verdic
         reason, detail = "too_long", f"{len(completion)} characters > {options.max_chars}"
     else:
         try:
-            reason, detail = match(parse(completion, options.fmt), expected)
+            calls = parse(completion, options.fmt, options.max_answer_chars)
+            reason, detail = match(calls, expected)
         except Rejected as e:
             reason, detail = e.reason, e.detail
             if not expected and reason == "bad_answer_syntax":
@@ -111,6 +115,7 @@ def verify_batch(
     fmt: str = "think_answer",
     *,
     max_chars: int = MAX_CHARS,
+    max_answer_chars: int = MAX_ANSWER_CHARS,
     shape: str = "binary",
     format_credit: float = 0.1,
     workers: int | None = None,
@@ -128,7 +133,7 @@ def verify_batch(
         raise ValueError(
             f"verify_batch: {n} completions, {len(ground_truths)} ground_truths, {len(tools)} tools"
         )
-    options = Options(fmt, max_chars, shape, format_credit)
+    options = Options(fmt, max_chars, max_answer_chars, shape, format_credit)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 2 or n < min_parallel:
         return _verify_chunk((completions, ground_truths, tools, options))

@@ -122,7 +122,7 @@ def test_tool_call():
         '<tool_call>{"name": 1, "arguments": {}}</tool_call>',
         '<tool_call>["f", {}]</tool_call>',
         '<tool_call>{"name": "f", "arguments": {}}',
-        "<tool_call>" + "[" * 100_000 + "</tool_call>",
+        "<tool_call>" + "[" * 10_000 + "</tool_call>",
     ]:
         assert reason(bad, "tool_call") == "bad_answer_syntax"
 
