@@ -12,9 +12,9 @@ import pathlib
 import pytest
 
 from fcrl.eval import bfcl
+from fcrl.eval.bfcl import official_accepts
 from fcrl.verifier import verify
 from fcrl.verifier.render import CORRUPTIONS, first_accepted, render
-from tests.verifier.bfcl_official import official_accepts
 
 FIXTURE = json.loads((pathlib.Path(__file__).parent / "bfcl_disagreements.json").read_text())
 DUMMY = {"string": "x", "integer": 1, "float": 1.5, "boolean": True, "array": [], "dict": {}}

@@ -2,9 +2,9 @@
 
 import pytest
 
+from fcrl.eval.bfcl import official_accepts
 from fcrl.verifier.match import compile_ground_truth, match, standardize
 from fcrl.verifier.render import render
-from tests.verifier.bfcl_official import official_accepts
 
 TOOLS = [
     {
