@@ -12,6 +12,7 @@ import warnings
 
 FORMATS = ("think_answer", "bfcl", "tool_call")
 MAX_ANSWER_CHARS = 16_384  # 13x the longest BFCL answer
+MAX_JSON_DEPTH = 100  # <tool_call> arguments (Python's parser stops call lists at 200 brackets)
 Call = tuple[str, dict]  # (dotted function name, keyword arguments)
 
 _SCALARS = (int, float, str, bool, type(None))
@@ -160,5 +161,17 @@ def parse_tool_calls(text: str, max_chars: int = MAX_ANSWER_CHARS) -> list[Call]
             raise Rejected("bad_answer_syntax", f"<tool_call> {i}: {str(e)[:80]}") from None
         if not isinstance(args, dict) or not isinstance(obj.get("name"), str):
             raise Rejected("bad_answer_syntax", f'<tool_call> {i}: needs "name" and "arguments"')
+        if _deeper_than(args, MAX_JSON_DEPTH):  # keeps comparisons and repr off the stack limit
+            raise Rejected("bad_argument", f"<tool_call> {i}: nested over {MAX_JSON_DEPTH} levels")
         calls.append((obj["name"], args))
     return calls
+
+
+def _deeper_than(x, depth: int) -> bool:
+    if depth < 0:
+        return True
+    if isinstance(x, dict):
+        return any(_deeper_than(v, depth - 1) for v in x.values())
+    if isinstance(x, list):
+        return any(_deeper_than(v, depth - 1) for v in x)
+    return False

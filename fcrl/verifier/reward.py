@@ -31,7 +31,7 @@ REASONS = {
 }
 # Reasons that still mean "the format was right" (for the format_credit shape).
 FORMAT_OK = frozenset(REASONS) - {"too_long", "no_think", "no_answer", "bad_answer_syntax"}
-# Named reward shapes for ablations: reason -> reward. "binary" is the method's.
+# Named reward shapes: "binary" is the method's; "format_credit" an ablation (see verify).
 SHAPES = ("binary", "format_credit")
 MAX_CHARS = 65_536
 
@@ -136,10 +136,10 @@ def verify_batch(
     options = Options(fmt, max_chars, max_answer_chars, shape, format_credit)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 2 or n < min_parallel:
-        return _verify_chunk((completions, ground_truths, tools, options))
+        return _verify_chunk((0, completions, ground_truths, tools, options))
     cuts = np.linspace(0, n, workers + 1).astype(int)
     jobs = [
-        (completions[a:b], ground_truths[a:b], tools[a:b], options)
+        (a, completions[a:b], ground_truths[a:b], tools[a:b], options)
         for a, b in zip(cuts, cuts[1:], strict=False)
     ]
     parts = list(_pool(workers).map(_verify_chunk, jobs))
@@ -147,7 +147,7 @@ def verify_batch(
 
 
 def _verify_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray]:
-    completions, ground_truths, tools, options = job
+    start, completions, ground_truths, tools, options = job
     compiled = {}  # (id(ground truth), id(tools)) -> compiled; pickling keeps shared objects
     rewards, reasons = np.zeros(len(completions), np.float32), np.empty(len(completions), object)
     for i, (completion, gt, doc) in enumerate(zip(completions, ground_truths, tools, strict=True)):
@@ -156,7 +156,7 @@ def _verify_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray]:
             try:
                 compiled[key] = compile_ground_truth(gt, doc)
             except ValueError as e:
-                raise ValueError(f"item {i}: {e}") from None
+                raise ValueError(f"item {start + i}: {e}") from None
         verdict = judge(completion, compiled[key], options)
         rewards[i], reasons[i] = verdict.reward, verdict.reason
     return rewards, reasons

@@ -125,6 +125,8 @@ def test_tool_call():
         "<tool_call>" + "[" * 10_000 + "</tool_call>",
     ]:
         assert reason(bad, "tool_call") == "bad_answer_syntax"
+    deep = '<tool_call>{"name": "f", "arguments": {"a": ' + "[" * 500 + "]" * 500 + "}}</tool_call>"
+    assert reason(deep, "tool_call") == "bad_argument"
 
 
 def test_unicode_names():

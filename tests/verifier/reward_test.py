@@ -91,5 +91,8 @@ def test_batch_errors_name_the_item():
     gts[7] = [{"f": "not a dict"}]
     with pytest.raises(ValueError, match=r"item 7: ground_truth\[0\]"):
         verify_batch(completions, gts, tools, workers=1)
+    gts[7], gts[40] = GT, [{"f": "not a dict"}]  # in the second of two worker chunks
+    with pytest.raises(ValueError, match=r"item 40: ground_truth\[0\]"):
+        verify_batch(completions, gts, tools, workers=2, min_parallel=8)
     with pytest.raises(ValueError, match="63 ground_truths"):
         verify_batch(completions, gts[:-1], tools)
