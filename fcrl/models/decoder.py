@@ -2,7 +2,8 @@
 
 Family differences are config flags: q/k/v (and o) biases, q/k RMSNorm, tied embeddings.
 Matmuls take parameters cast to the compute dtype and accumulate in float32
-(`preferred_element_type`), which is also what makes bf16 fast on CPUs with AMX.
+(`preferred_element_type`), which is also what makes bf16 fast on CPUs with AMX. "float32" in
+the docstrings below means at least float32: a float64 model (for exactness tests) stays float64.
 """
 
 import math
@@ -15,14 +16,20 @@ from fcrl.models.config import ModelConfig
 from fcrl.sharding import constrain
 
 
+def wide(dtype: jnp.dtype) -> jnp.dtype:
+    """The dtype accumulations and normalisations run in: float32, or float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def dot(eq: str, a: jax.Array, b: jax.Array) -> jax.Array:
     """einsum accumulating in float32, returned in `a`'s dtype."""
-    return jnp.einsum(eq, a, b.astype(a.dtype), preferred_element_type=jnp.float32).astype(a.dtype)
+    acc = wide(a.dtype)
+    return jnp.einsum(eq, a, b.astype(a.dtype), preferred_element_type=acc).astype(a.dtype)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in float32, scaled after casting back (as HF does)."""
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(wide(x.dtype))
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return w.astype(x.dtype).reshape((1,) * (x.ndim - 1) + w.shape) * y.astype(x.dtype)
 
@@ -42,9 +49,10 @@ def rope_frequencies(cfg: ModelConfig) -> jax.Array:
 
 def apply_rope(x_BTNE: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotates halves (HF's `rotate_half` layout) by position × frequency, in float32."""
-    angles_BTE = positions_BT[..., None].astype(jnp.float32) * inv_freq[None, None]
+    acc = wide(x_BTNE.dtype)
+    angles_BTE = positions_BT[..., None].astype(acc) * inv_freq[None, None].astype(acc)
     cos, sin = jnp.cos(angles_BTE)[:, :, None], jnp.sin(angles_BTE)[:, :, None]
-    x1, x2 = jnp.split(x_BTNE.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x_BTNE.astype(acc), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BTNE.dtype)
 
@@ -63,11 +71,12 @@ def attention(
     q_BKQE = q_BTHE.reshape(b, t, k, r, e).transpose(0, 2, 3, 1, 4).reshape(b, k, r * t, e)
     k_BKSE, v_BKSE = k_BSKE.transpose(0, 2, 1, 3), v_BSKE.transpose(0, 2, 1, 3)
     scores_BKQS = jnp.einsum(
-        "BKQE,BKSE->BKQS", q_BKQE, k_BKSE, preferred_element_type=jnp.float32
+        "BKQE,BKSE->BKQS", q_BKQE, k_BKSE, preferred_element_type=wide(q_BTHE.dtype)
     ) / math.sqrt(e)
     scores_BKRTS = scores_BKQS.reshape(b, k, r, t, -1)
     # A finite floor keeps fully masked rows (left padding) free of NaN.
-    scores_BKRTS = jnp.where(mask_BTS[:, None, None], scores_BKRTS, jnp.finfo(jnp.float32).min)
+    floor = jnp.finfo(scores_BKRTS.dtype).min
+    scores_BKRTS = jnp.where(mask_BTS[:, None, None], scores_BKRTS, floor)
     probs_BKQS = jax.nn.softmax(scores_BKRTS, axis=-1).astype(v_BSKE.dtype).reshape(b, k, r * t, -1)
     out_BKQE = dot("BKQS,BKSE->BKQE", probs_BKQS, v_BKSE)
     return out_BKQE.reshape(b, k, r, t, e).transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
@@ -225,7 +234,10 @@ class Decoder(nnx.Module):
         x_BTD = rms_norm(x_BTD, self.final_norm_D[...], cfg.rms_eps)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
         logits_BTV = jnp.einsum(
-            "BTD,DV->BTV", x_BTD, head_DV.astype(x_BTD.dtype), preferred_element_type=jnp.float32
+            "BTD,DV->BTV",
+            x_BTD,
+            head_DV.astype(x_BTD.dtype),
+            preferred_element_type=wide(x_BTD.dtype),
         )
         return constrain(logits_BTV, "act_BTV")
 

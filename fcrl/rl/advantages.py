@@ -4,6 +4,8 @@ Pure functions of arrays. Rewards come as [P, G]: P prompts (groups), G rollouts
 arrays are [B, T] with B = P·G rows, the G rollouts of a prompt on consecutive rows.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -82,33 +84,26 @@ def token_advantages(
     entropy_BT: jax.Array,
     completion_BT: jax.Array,
     think_BT: jax.Array,
-    *,
-    group_size: int,
-    estimator: str = "grpo",
-    bonus: str = "lambda_outside",
-    lam: float = 0.4,
-    kappa: float = 2.0,
-    per_token_entropy: bool = False,
-    think_only: bool = False,
+    rl,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Â per token [B, T] (0 outside the trained tokens) and its metrics.
 
-    A comes from the group's rewards (`estimator`); H is the rollout policy's token entropy,
-    averaged over the `<think>` span (all completion tokens where a row has none), or taken per
-    token if `per_token_entropy`; it is a constant (no gradient). Â = A + bonus(A, H) is given to
-    every completion token, or to the think tokens only if `think_only`.
+    A comes from the groups' rewards (rl.advantage, groups of rl.group_size rows); H is the
+    rollout policy's token entropy, averaged over the `<think>` span (all completion tokens where
+    a row has none), or per token if rl.entropy_per_token; it is a constant (no gradient).
+    Â = A + bonus(A, H) (rl.bonus, rl.bonus_lambda, rl.bonus_kappa) is given to every
+    completion token, or to the think tokens only if rl.think_only.
     """
-    rewards_PG = rewards_B.reshape(-1, group_size)
-    adv_B = ADVANTAGES[estimator](rewards_PG).reshape(-1)
+    rewards_PG = rewards_B.reshape(-1, rl.group_size)
+    adv_B = ADVANTAGES[rl.advantage](rewards_PG).reshape(-1)
     entropy_BT = jax.lax.stop_gradient(entropy_BT)
-    if per_token_entropy:
-        bonus_BT = BONUSES[bonus](adv_B[:, None], entropy_BT, lam, kappa)
+    bonus = functools.partial(BONUSES[rl.bonus], lam=rl.bonus_lambda, kappa=rl.bonus_kappa)
+    if rl.entropy_per_token:
+        bonus_BT = bonus(adv_B[:, None], entropy_BT)
     else:
         entropy_B = span_mean(entropy_BT, think_BT, completion_BT)
-        bonus_BT = jnp.broadcast_to(
-            BONUSES[bonus](adv_B, entropy_B, lam, kappa)[:, None], entropy_BT.shape
-        )
-    trained_BT = think_BT if think_only else completion_BT
+        bonus_BT = jnp.broadcast_to(bonus(adv_B, entropy_B)[:, None], entropy_BT.shape)
+    trained_BT = think_BT if rl.think_only else completion_BT
     adv_BT = jnp.where(trained_BT, adv_B[:, None] + bonus_BT, 0.0)
     bonus_BT = jnp.where(trained_BT, bonus_BT, 0.0)
     metrics = {

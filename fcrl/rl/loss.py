@@ -75,7 +75,7 @@ def aggregate(values_BT: jax.Array, weight_BT: jax.Array, mode: str) -> tuple[ja
     """
     weighted_BT = values_BT * weight_BT
     tokens_B = weight_BT.sum(axis=1)
-    rows = jnp.sum(tokens_B > 0).astype(jnp.float32)
+    rows = jnp.sum(tokens_B > 0).astype(tokens_B.dtype)
     if mode == "token_mean":
         return weighted_BT.sum(), tokens_B.sum()
     if mode == "seq_mean_token_mean":

@@ -145,19 +145,10 @@ def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array,
     """Â [B, T], the token weights [B, T] (0 off the trained tokens and, with
     uniform_groups = "mask", on groups with one reward), the whole batch's count, and metrics."""
     adv_BT, metrics = token_advantages(
-        batch.rewards_B,
-        batch.old_entropy_BT,
-        batch.completion_BT,
-        batch.think_BT,
-        group_size=rl.group_size,
-        estimator=rl.advantage,
-        bonus=rl.bonus,
-        lam=rl.bonus_lambda,
-        kappa=rl.bonus_kappa,
-        per_token_entropy=rl.entropy_per_token,
-        think_only=rl.think_only,
+        batch.rewards_B, batch.old_entropy_BT, batch.completion_BT, batch.think_BT, rl
     )
-    weight_BT = (batch.think_BT if rl.think_only else batch.completion_BT).astype(jnp.float32)
+    trained_BT = batch.think_BT if rl.think_only else batch.completion_BT
+    weight_BT = trained_BT.astype(adv_BT.dtype)
     if rl.uniform_groups == "mask":
         uniform_B = jnp.repeat(
             uniform_groups(batch.rewards_B.reshape(-1, rl.group_size)), rl.group_size
@@ -215,7 +206,7 @@ def train_step(
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics |= {f"loss/{k}": v / count for k, v in sums.items()}
-    metrics |= {"loss/total": loss, "grad/norm": optax.global_norm(grads)}
+    metrics |= {"loss/total": loss, "grad/norm": optax.tree.norm(grads)}
     metrics |= {k: v if k.endswith(("/min", "/max")) else v / tokens for k, v in stats.items()}
     return params, opt_state, metrics
 
