@@ -97,6 +97,7 @@ def token_logprobs(
     x_BTD = model.hidden(tokens_BT, mask_BT)[0][:, :-1]  # state t-1 predicts token t
     targets_BT = tokens_BT[:, 1:]
     b, t, d = x_BTD.shape
+    chunk = min(chunk, t)
     n = -(-t // chunk)
     pad = n * chunk - t
     x_NBCD = jnp.pad(x_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)

@@ -4,9 +4,14 @@
 config section as a static argument; jit it at the call site with in/out shardings and donate
 params and optimizer state:
 
-  step = jax.jit(train_step, static_argnames=("graphdef", "rl", "optimizer"),
+  in_shardings, out_shardings = step_shardings(params, opt_state, mesh)
+  step = jax.jit(functools.partial(train_step, graphdef, rl=rl, optimizer=optimizer),
+                 in_shardings=in_shardings, out_shardings=out_shardings,
                  donate_argnames=("params", "opt_state"))
+  params, opt_state, metrics = step(params, opt_state, batch)
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +31,7 @@ from fcrl.rl.loss import (
     policy_loss,
     token_logprobs,
 )
+from fcrl.sharding import BATCH
 
 RL_CHOICES = {
     "advantage": tuple(ADVANTAGES),
@@ -192,16 +198,28 @@ def train_step(
         )
         return loss, (sums, _token_stats(logp_BT, entropy_BT, mb, adv_BT, weight_BT, rl))
 
-    def accumulate(acc, xs):
-        (loss, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *xs)
-        new = (grads, loss, sums, stats)
-        return (jax.tree.map(jnp.add, acc[:3], new[:3]) + (_merge_stats(acc[3], stats),)), None
+    def accumulate(carry, xs):
+        grads, loss, sums, stats = carry
+        (mb_loss, (mb_sums, mb_stats)), mb_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, *xs
+        )
+        add = functools.partial(jax.tree.map, jnp.add)
+        return (
+            add(grads, mb_grads),
+            loss + mb_loss,
+            add(sums, mb_sums),
+            _merge_stats(stats, mb_stats),
+        ), None
 
     xs = (jax.tree.map(micro, batch), micro(adv_BT), micro(weight_BT))
-    first = jax.eval_shape(lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], xs)))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (params, first[0], first[1][0]))
-    init = (*zeros, _empty_stats(first[1][1]))
-    (grads, loss, sums, stats), _ = jax.lax.scan(accumulate, init, xs)
+    # Zero accumulators shaped like one micro-batch's outputs.
+    loss_shape, (sums_shape, stats_shape) = jax.eval_shape(
+        lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], xs))
+    )
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (params, loss_shape, sums_shape))
+    (grads, loss, sums, stats), _ = jax.lax.scan(
+        accumulate, (*zeros, _empty_stats(stats_shape)), xs
+    )
 
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -267,3 +285,11 @@ def init_opt_state(optimizer: optax.GradientTransformation, params: nnx.State) -
         transform_non_params=lambda _: scalar,
     )
     return jax.jit(optimizer.init, out_shardings=out)(params)
+
+
+def step_shardings(params: nnx.State, opt_state: optax.OptState, mesh: jax.sharding.Mesh):
+    """(in_shardings, out_shardings) of the jitted train_step: parameters and optimizer state
+    where they are, batch rows split over the data axes, metrics replicated."""
+    here = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+    rows = NamedSharding(mesh, P(tuple(a for a in BATCH if a in mesh.shape)))
+    return (*here, rows), (*here, NamedSharding(mesh, P()))

@@ -2,6 +2,7 @@
 bf16 compute over float32 weights, optimizer state placement, and config checks."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,15 +58,25 @@ def make_batch(model, state, seed: int = 0, rewards=(1, 0, 0, 1, 1, 1, 1, 1)) ->
     )
 
 
-def step(state, batch, rl, optimizer=None, model_dtype="float32"):
-    """One train step from a copy of `state` (the step donates its inputs)."""
+def step(state, batch, rl, optimizer=None, model_dtype="float32", mesh=None):
+    """One train step from a copy of `state` (the step donates its inputs); on `mesh`, jitted
+    with explicit in/out shardings."""
     model, _ = tiny.random_model("qwen2")
     model.cfg = dataclasses.replace(model.cfg, dtype=model_dtype)
     graphdef = nnx.graphdef(model)
     optimizer = optimizer or optax.sgd(1.0)  # update = −gradient: compares gradients exactly
     params = jax.tree.map(jnp.copy, state)
     opt_state = train.init_opt_state(optimizer, params)
-    return STEP(graphdef, params, opt_state, batch, rl=rl, optimizer=optimizer)
+    if mesh is None:
+        return STEP(graphdef, params, opt_state, batch, rl=rl, optimizer=optimizer)
+    in_shardings, out_shardings = train.step_shardings(params, opt_state, mesh)
+    sharded_step = jax.jit(
+        functools.partial(train.train_step, graphdef, rl=rl, optimizer=optimizer),
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+        donate_argnames=("params", "opt_state"),
+    )
+    return sharded_step(params, opt_state, batch)
 
 
 def max_rel_diff(a, b) -> float:
@@ -98,7 +109,7 @@ def test_micro_batches_and_a_mesh_give_the_one_batch_update(aggregation):
         with jax.set_mesh(mesh):
             sharded_state = jax.device_put(state, shardings(state, TRAIN_RULES, mesh))
             sharded, _, sharded_metrics = step(
-                sharded_state, batch, rl_config(**rl), model_dtype=dtype
+                sharded_state, batch, rl_config(**rl), model_dtype=dtype, mesh=mesh
             )
         update = jax.tree.map(jnp.subtract, whole, state)
         for other in (micro, sharded):
