@@ -98,10 +98,10 @@ def token_logprobs(
     targets_BT = tokens_BT[:, 1:]
     b, t, d = x_BTD.shape
     chunk = min(chunk, t)
-    n = -(-t // chunk)
+    n = -(-t // chunk)  # J: n chunks of C = `chunk` positions
     pad = n * chunk - t
-    x_NBCD = jnp.pad(x_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
-    targets_NBC = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+    x_JBCD = jnp.pad(x_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    targets_JBC = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
     def one_chunk(x_BCD: jax.Array, targets_BC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -111,13 +111,13 @@ def token_logprobs(
         p_BCV = jnp.exp(z_BCV - logz_BC[..., None])
         return z_target_BC - logz_BC, logz_BC - jnp.sum(p_BCV * z_BCV, axis=-1)
 
-    logp_NBC, entropy_NBC = jax.lax.map(lambda xs: one_chunk(*xs), (x_NBCD, targets_NBC))
+    logp_JBC, entropy_JBC = jax.lax.map(lambda xs: one_chunk(*xs), (x_JBCD, targets_JBC))
 
-    def unchunk(v_NBC: jax.Array) -> jax.Array:
-        v_BT = v_NBC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    def unchunk(v_JBC: jax.Array) -> jax.Array:
+        v_BT = v_JBC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
         return jnp.pad(v_BT, ((0, 0), (1, 0)))
 
-    return unchunk(logp_NBC), unchunk(entropy_NBC)
+    return unchunk(logp_JBC), unchunk(entropy_JBC)
 
 
 def policy_loss(
