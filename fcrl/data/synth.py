@@ -9,11 +9,32 @@ Also the deliberate corruptions the stage-2 tests feed in, keyed by the reason s
 import json
 import random
 
-# name: (description, {param: (xLAM type, values, phrase or None)}, templates). A phrase maps a
-# bool value to words; a "?" suffix on the type marks an optional parameter.
-CITIES = ["Lisbon", "Osaka", "Nairobi", "Toronto", "Valparaiso", "Tbilisi", "Perth", "Bergen"]
-DATES = ["2025-03-14", "2025-07-01", "2025-11-23", "2026-01-09", "2026-05-30"]
+CITIES = [
+    "Lisbon", "Osaka", "Nairobi", "Toronto", "Valparaiso", "Tbilisi", "Perth", "Bergen", "Accra",
+    "Cusco", "Hanoi", "Tallinn", "Winnipeg", "Porto", "Chennai", "Kraków", "Medellín", "Izmir",
+    "Dakar", "Hobart", "Sapporo", "Tromsø", "Marrakesh", "Oaxaca", "Ljubljana", "Bilbao",
+]  # fmt: skip
+
+
+def date(rng: random.Random) -> str:
+    return f"{rng.randint(2025, 2027)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def between(low: float, high: float, digits: int | None = None):
+    """Values drawn uniformly: ints, or floats rounded to `digits`."""
+    if digits is None:
+        return lambda rng: rng.randint(low, high)
+    return lambda rng: round(rng.uniform(low, high), digits)
+
+
+def clock(rng: random.Random) -> str:
+    return f"{rng.randint(7, 22):02d}:{rng.choice(['00', '15', '30', '45'])}"
+
+
 PEOPLE = ["Amara", "Bruno", "Chen", "Dalia", "Emeka", "Freya", "Goran", "Hana"]
+# name: (description, {param: (xLAM type, values, phrase)}, templates). Values: a list or a
+# function of the rng; phrase: None, "enum" (the values are the declared enum) or a dict mapping
+# a bool to words. A "?" after the type marks an optional parameter.
 TOOLS = {
     "get_current_weather": (
         "Current weather conditions for a city.",
@@ -29,8 +50,8 @@ TOOLS = {
         {
             "origin": ("str", CITIES, None),
             "destination": ("str", CITIES, None),
-            "date": ("str", DATES, None),
-            "passengers": ("int", [1, 2, 3, 4], None),
+            "date": ("str", date, None),
+            "passengers": ("int", between(1, 9), None),
         },
         [
             "Find flights from {origin} to {destination} on {date} for {passengers} people.",
@@ -40,7 +61,7 @@ TOOLS = {
     "convert_currency": (
         "Convert an amount of money between currencies.",
         {
-            "amount": ("float", [12.5, 250.0, 1999.99, 73.2], None),
+            "amount": ("float", between(5, 5000, 2), None),
             "from_currency": ("str", ["EUR", "JPY", "KES", "CAD"], None),
             "to_currency": ("str", ["USD", "GBP", "CHF", "AUD"], None),
         },
@@ -58,7 +79,7 @@ TOOLS = {
         "Recipes using an ingredient within a time limit.",
         {
             "ingredient": ("str", ["lentils", "salmon", "tofu", "pumpkin", "chickpeas"], None),
-            "max_minutes": ("int", [15, 30, 45, 60], None),
+            "max_minutes": ("int", between(10, 90), None),
             "vegetarian": ("bool?", [True, False], {True: "vegetarian", False: "non-vegetarian"}),
         },
         [
@@ -71,8 +92,8 @@ TOOLS = {
         "Add an event to the calendar.",
         {
             "title": ("str", ["dentist", "team sync", "piano lesson", "book club"], None),
-            "date": ("str", DATES, None),
-            "duration_minutes": ("int?", [30, 45, 90], None),
+            "date": ("str", date, None),
+            "duration_minutes": ("int?", between(15, 180), None),
         },
         [
             "Put {title} on my calendar for {date}, {duration_minutes} minutes long.",
@@ -114,8 +135,8 @@ TOOLS = {
     "calculate_bmi": (
         "Body-mass index from weight and height.",
         {
-            "weight_kg": ("float", [58.5, 72.0, 91.3], None),
-            "height_m": ("float", [1.62, 1.75, 1.88], None),
+            "weight_kg": ("float", between(45, 130, 1), None),
+            "height_m": ("float", between(1.45, 2.05, 2), None),
         },
         [
             "My weight is {weight_kg} kg and I'm {height_m} m tall: what's my BMI?",
@@ -126,8 +147,8 @@ TOOLS = {
         "Reserve a restaurant table.",
         {
             "restaurant": ("str", ["Casa Azul", "Blue Ginkgo", "Nyama Choma House"], None),
-            "party_size": ("int", [2, 4, 6], None),
-            "time": ("str", ["19:00", "20:30", "12:15"], None),
+            "party_size": ("int", between(1, 12), None),
+            "time": ("str", clock, None),
         },
         [
             "Book {restaurant} for {party_size} at {time}.",
@@ -138,7 +159,7 @@ TOOLS = {
         "Set a room's target temperature.",
         {
             "room": ("str", ["kitchen", "bedroom", "office"], None),
-            "temperature": ("float", [19.5, 21.0, 23.5], None),
+            "temperature": ("float", between(16, 26, 1), None),
         },
         [
             "Set the {room} to {temperature} degrees.",
@@ -161,7 +182,7 @@ TOOLS = {
         "Record a workout.",
         {
             "activity": ("str", ["running", "cycling", "swimming", "rowing"], "enum"),
-            "minutes": ("int", [20, 35, 50], None),
+            "minutes": ("int", between(10, 120), None),
         },
         [
             "Log {minutes} minutes of {activity}.",
@@ -210,7 +231,7 @@ def one_call(name: str, rng: random.Random) -> tuple[str, dict]:
             if not kind.endswith("?"):
                 raise ValueError(f"{name}: template {template!r} lacks required {param}")
             continue
-        args[param] = rng.choice(values)
+        args[param] = values(rng) if callable(values) else rng.choice(values)
         words[param] = phrase[args[param]] if isinstance(phrase, dict) else str(args[param])
     return template.format(**words), args
 

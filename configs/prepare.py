@@ -1,0 +1,33 @@
+"""Data preparation (METHOD.md §5); by default the embedded training set, rules only.
+
+  python -m fcrl.prepare --config configs/prepare.py --config.out=data/prepared
+
+writes data/prepared/{train,val,rejects}.jsonl and summary.json: 5,000 generated tasks, all kept
+by stage 2 (about 4,750 train, 250 val) in a few seconds on 2 cores. Point --config.input at an
+xLAM / BFCL / chat file (--config.format) for real data, and set --config.judge=local|http for
+the LLM stages (http: --config.judge_url of an OpenAI-compatible server, e.g. python -m
+fcrl.serve).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    return ml_collections.ConfigDict(
+        {
+            "input": "generated",  # a file, or "generated": the embedded task set
+            "format": "xlam",  # xlam | bfcl | chat
+            "out": "data/prepared",
+            "judge": "none",  # none | local | http
+            "judge_model": "",  # local: a checkpoint folder (default: the embedded SmolLM2)
+            "judge_url": "http://127.0.0.1:8000",  # http: an OpenAI-compatible server
+            "judge_name": "",  # http: the model name sent to it
+            "judge_rounds": 2,  # stage 1: verdict + correction rounds per record
+            "judge_final": True,  # stage 3: a final verdict on every kept record
+            "keep_unjudged": True,  # keep records whose verdict does not parse
+            "val_fraction": 0.05,
+            "num_generated": 5000,
+            "seed": 0,
+        }
+    )
