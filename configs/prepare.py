@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "judge_model": "",  # local: a checkpoint folder (default: the embedded SmolLM2)
             "judge_url": "http://127.0.0.1:8000",  # http: an OpenAI-compatible server
             "judge_name": "",  # http: the model name sent to it
+            "judge_max_tokens": 512,  # the longest verdict
             "judge_rounds": 2,  # stage 1: verdict + correction rounds per record
             "judge_final": True,  # stage 3: a final verdict on every kept record
             "keep_unjudged": True,  # keep records whose verdict does not parse

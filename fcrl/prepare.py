@@ -30,11 +30,12 @@ def make_judge(config: ml_collections.ConfigDict, out: pathlib.Path) -> judge_li
     if config.judge == "none":
         return None
     if config.judge == "http":
-        chat = judge_lib.HttpChat(config.judge_url, config.judge_name)
+        chat = judge_lib.HttpChat(config.judge_url, config.judge_name, config.judge_max_tokens)
     elif config.judge == "local":
         from fcrl.models.gguf import default_model_dir
 
-        chat = judge_lib.LocalChat(pathlib.Path(config.judge_model or default_model_dir()))
+        model_dir = pathlib.Path(config.judge_model or default_model_dir())
+        chat = judge_lib.LocalChat(model_dir, config.judge_max_tokens)
     else:
         raise ValueError(f"judge: unknown {config.judge!r}; expected none, local or http")
     return judge_lib.Judge(chat, out / "judge_cache.jsonl")

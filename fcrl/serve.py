@@ -38,6 +38,11 @@ class Chat:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.eos = eos_ids(model_dir, self.tokenizer)
         self.max_new_tokens = max_new_tokens
+        context = self.model.cfg.max_position_embeddings
+        # Prompt-length buckets that leave room for the longest completion.
+        self.buckets = tuple(
+            b for b in (2**k for k in range(6, 16)) if b + max_new_tokens <= context
+        )
         self.lock = threading.Lock()
         self.samplers = {}  # SamplingConfig -> Sampler: each setting compiles once
 
@@ -78,6 +83,7 @@ class Chat:
                 temperature=float(fields["temperature"]),
                 top_p=float(fields["top_p"]),
                 stop=stop,
+                buckets=self.buckets,
             )
         except ValueError as e:  # "sampling.<field> ..."
             raise ValueError("sampling", str(e)) from None

@@ -27,24 +27,32 @@ User query: {query}
 Proposed answer (the calls to make; [] means no call): {answer}"""
 
 
+class JudgeError(Exception):
+    """The judge could not answer about one record (e.g. its prompt is too long): that record
+    is abstained on, the run goes on. An unreachable judge raises RuntimeError instead."""
+
+
 class HttpChat:
     """An OpenAI-compatible chat endpoint; temperature 0. The API key, if any, comes from the
     environment variable named `key_env`."""
 
-    def __init__(self, url: str, model: str = "", key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, retries: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        model: str = "",
+        max_tokens: int = 512,
+        key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        retries: int = 3,
+    ):
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1")
-        self.model, self.key, self.timeout, self.retries = (
-            model,
-            os.environ.get(key_env),
-            timeout,
-            retries,
-        )
-        self.name = f"http:{self.url}:{model}"
+        self.model, self.max_tokens, self.key = model, max_tokens, os.environ.get(key_env)
+        self.timeout, self.retries = timeout, retries
+        self.name = f"http:{self.url}:{model}:{max_tokens}"
 
     def __call__(self, messages: list[dict]) -> str:
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                           "max_tokens": 512}).encode()  # fmt: skip
+                           "max_tokens": self.max_tokens}).encode()  # fmt: skip
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -53,10 +61,17 @@ class HttpChat:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return json.loads(response.read())["choices"][0]["message"]["content"] or ""
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == self.retries or getattr(e, "code", 500) < 500:
+            except urllib.error.HTTPError as e:
+                if e.code < 500:  # this request is bad (e.g. too long): this record only
+                    raise JudgeError(
+                        f"{e.code}: {e.read()[:300].decode(errors='replace')}"
+                    ) from None
+                if attempt == self.retries:
                     raise RuntimeError(f"judge endpoint {self.url}: {e}") from None
-                time.sleep(2**attempt)
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == self.retries:
+                    raise RuntimeError(f"judge endpoint {self.url}: {e}") from None
+            time.sleep(2**attempt)
         raise AssertionError("unreachable")
 
 
@@ -67,12 +82,15 @@ class LocalChat:
         from fcrl.serve import Chat  # loads JAX and the model: only when a local judge is used
 
         self.chat = Chat(pathlib.Path(model_dir), max_new_tokens=max_new_tokens)
-        self.name = f"local:{pathlib.Path(model_dir).resolve()}"
+        self.name = f"local:{pathlib.Path(model_dir).resolve()}:{max_new_tokens}"
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, messages: list[dict]) -> str:
         body = {"messages": messages, "temperature": 0.0, "max_tokens": self.max_new_tokens}
-        return self.chat.complete(body)["choices"][0]["message"]["content"]
+        try:
+            return self.chat.complete(body)["choices"][0]["message"]["content"]
+        except ValueError as e:  # e.g. the prompt is longer than the model's context
+            raise JudgeError(" ".join(map(str, e.args))) from None
 
 
 def verdict_of(reply: str) -> dict | None:
@@ -133,7 +151,10 @@ def stage1(
     is when keep_unparseable), or a reason the record was dropped."""
     changed = False
     for round_ in range(rounds):
-        verdict = judge.ask("stage1", round_, record)
+        try:
+            verdict = judge.ask("stage1", round_, record)
+        except JudgeError:
+            verdict = None
         if verdict is None:
             return (record, "abstained") if keep_unparseable else (None, "judge_unparseable")
         if verdict.get("function_call_task") is False:
@@ -151,7 +172,10 @@ def stage1(
 
 def stage3(judge: Judge, record: dict, keep_unparseable: bool) -> tuple[dict | None, str]:
     """The final pass: one verdict, no corrections."""
-    verdict = judge.ask("stage3", 0, {**record, "answer": record["ground_truth"]})
+    try:
+        verdict = judge.ask("stage3", 0, {**record, "answer": record["ground_truth"]})
+    except JudgeError:
+        verdict = None
     if verdict is None:
         return (record, "abstained") if keep_unparseable else (None, "judge_unparseable")
     return (record, "kept") if verdict["answer_correct"] else (None, "judged_wrong")
