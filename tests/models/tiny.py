@@ -104,3 +104,24 @@ def char_tokenizer():
     )
     tokenizer.decoder = tokenizers.decoders.Fuse()
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
+
+
+def tiny_checkpoint(folder: Path, max_positions: int = 4096) -> Path:
+    """A random tiny qwen2 HF folder made without torch, with the character tokenizer and a
+    plain chat template: a model fcrl.serve and the judges can load."""
+    import dataclasses
+
+    from flax import nnx
+
+    from fcrl.models import Decoder, ModelConfig, export_hf
+
+    cfg = ModelConfig.from_hf(hf_config("qwen2").to_dict())
+    cfg = dataclasses.replace(cfg, max_position_embeddings=max_positions)
+    export_hf(Decoder(cfg, nnx.Rngs(0)), folder)
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    tokenizer.save_pretrained(folder)
+    return folder
