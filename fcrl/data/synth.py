@@ -284,6 +284,16 @@ def generate(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+BREAK_REASONS = (
+    "unknown_function",
+    "missing_required",
+    "wrong_type",
+    "invented_param",
+    "not_in_enum",
+    "answer_unparseable",
+)
+
+
 def _break(item: dict, reason: str, rng: random.Random) -> dict | None:
     """`item` corrupted so that stage 2 must reject it with `reason`; None if it cannot be."""
     calls, tools = json.loads(item["answers"]), json.loads(item["tools"])
@@ -317,15 +327,13 @@ def with_broken(items: list[dict], fraction: float, seed: int = 0) -> list[dict]
     """A copy of `items` where `fraction` of them are corrupted, each marked "broken": reason."""
     rng = random.Random(seed)
     out = list(items)
-    reasons = ["unknown_function", "missing_required", "wrong_type", "invented_param",
-               "not_in_enum", "answer_unparseable"]  # fmt: skip
     target = int(len(items) * fraction)
     order = rng.sample(range(len(items)), len(items))
     broken = 0
     for i in order:
         if broken == target:
             break
-        item = _break(dict(items[i]), reasons[broken % len(reasons)], rng)
+        item = _break(dict(items[i]), BREAK_REASONS[broken % len(BREAK_REASONS)], rng)
         if item is not None:
             out[i], broken = item, broken + 1
     return out
