@@ -57,6 +57,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
         raise ValueError(f"format: unknown {config.format!r}; expected one of {records.FORMATS}")
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: must be in [0, 1), got {config.val_fraction}")
+    if config.judge_rounds < 1 or config.judge_max_tokens < 1:
+        raise ValueError("judge_rounds, judge_max_tokens: must be ≥ 1")
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = input_path(config, out)
