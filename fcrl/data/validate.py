@@ -84,16 +84,23 @@ def answer_calls(answer, prose_is_no_call: bool) -> list[tuple[str, dict]]:
 
 
 def check_call(name: str, args: dict, tools: dict) -> None:
+    schema = check_names(name, args, tools)
+    for param, value in args.items():
+        check_value(value, schema["properties"][param], f"{name}.{param}")
+
+
+def check_names(name: str, params: dict, tools: dict) -> dict:
+    """The function exists, its required parameters are there, none is invented: its schema."""
     if name not in tools:
         raise Bad("unknown_function", name)
     schema = tools[name]
     for param in schema.get("required", []):
-        if param not in args:
+        if param not in params:
             raise Bad("missing_required", f"{name}: {param}")
-    for param, value in args.items():
+    for param in params:
         if param not in schema["properties"]:
             raise Bad("invented_param", f"{name}: {param}")
-        check_value(value, schema["properties"][param], f"{name}.{param}")
+    return schema
 
 
 def check_value(value, prop: dict, where: str) -> None:
@@ -119,15 +126,8 @@ def check_ground_truth(ground_truth, tools: dict) -> None:
         ((name, params),) = entry.items()
         if not isinstance(params, dict) or not all(isinstance(v, list) for v in params.values()):
             raise Bad("answer_unparseable", f"{name}: expected {{param: [values]}}")
-        if name not in tools:
-            raise Bad("unknown_function", name)
-        schema = tools[name]
-        for param in schema.get("required", []):
-            if param not in params:
-                raise Bad("missing_required", f"{name}: {param}")
+        schema = check_names(name, params, tools)
         for param, values in params.items():
-            if param not in schema["properties"]:
-                raise Bad("invented_param", f"{name}: {param}")
             for value in values:
                 if value != "":
                     check_value(value, schema["properties"][param], f"{name}.{param}")
