@@ -3,10 +3,10 @@
   python -m fcrl.prepare --config configs/prepare.py --config.out=data/prepared
 
 writes data/prepared/{train,val,rejects}.jsonl and summary.json in about 1 s on 2 cores: of
-5,000 generated tasks stage 2 keeps 4,818 (4,588 train, 230 val) and drops 182 duplicates. Point --config.input at an
-xLAM / BFCL / chat file (--config.format) for real data, and set --config.judge=local|http for
-the LLM stages (http: --config.judge_url of an OpenAI-compatible server, e.g. python -m
-fcrl.serve).
+5,000 generated tasks stage 2 keeps 4,818 (4,588 train, 230 val) and drops 182 duplicates.
+Point --config.input at an xLAM / BFCL / chat file (--config.format) for real data, and set
+--config.judge=local|http for the LLM stages (http: --config.judge_url of an OpenAI-compatible
+server, e.g. python -m fcrl.serve).
 """
 
 import ml_collections
