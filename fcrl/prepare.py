@@ -61,6 +61,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
         raise ValueError("judge_rounds, judge_max_tokens: must be ≥ 1")
     out = pathlib.Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     path = input_path(config, out)
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file {path}")

@@ -66,6 +66,7 @@ def test_the_command(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["read"] == 300 and "stage2" in out.stdout and "300/300" in out.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["num_generated"] == 300
     bad = subprocess.run(
         [sys.executable, "-m", "fcrl.prepare", "--config", "configs/prepare.py",
          "--config.input=/nonexistent.jsonl", f"--config.out={tmp_path}/x"],
