@@ -72,7 +72,7 @@ def compile_ground_truth(ground_truth: list, tools: list | None = None) -> list[
     """Checks and precomputes a ground truth; ValueError names the bad field."""
     if not isinstance(ground_truth, list):
         raise ValueError(f"ground_truth: expected a list, got {type(ground_truth).__name__}")
-    docs = _docs(tools) if tools is not None else {}
+    docs = function_docs(tools) if tools is not None else {}
     expected = []
     for i, entry in enumerate(ground_truth):
         if not isinstance(entry, dict) or len(entry) != 1:
@@ -100,7 +100,8 @@ def compile_ground_truth(ground_truth: list, tools: list | None = None) -> list[
     return expected
 
 
-def _docs(tools: list) -> dict:
+def function_docs(tools: list) -> dict:
+    """name -> parameters schema of BFCL or OpenAI style docs; ValueError names the bad field."""
     if not isinstance(tools, list):
         raise ValueError(f"tools: expected a list of function docs, got {type(tools).__name__}")
     docs = {}

@@ -3,6 +3,7 @@ corruptions of calls (for testing a reward, and for building deliberately broken
 
 import json
 
+from fcrl.verifier.match import function_docs
 from fcrl.verifier.parse import Call
 
 
@@ -28,10 +29,7 @@ def _kwargs(args: dict) -> str:
 def first_accepted(ground_truth: list, tools: list | None = None) -> list[Call]:
     """One correct answer: each parameter at its first accepted value other than "". Left out:
     parameters with no such value, and optional ones that the function's doc (if given) lacks."""
-    docs = {}
-    for tool in tools or []:
-        tool = tool.get("function", tool)
-        docs.setdefault(tool["name"], tool.get("parameters", {}))
+    docs = function_docs(tools) if tools else {}
     calls = []
     for entry in ground_truth:
         ((name, params),) = entry.items()
@@ -39,7 +37,7 @@ def first_accepted(ground_truth: list, tools: list | None = None) -> list[Call]:
         args = {}
         for p, vs in params.items():
             values = [v for v in vs if v != ""]
-            if values and not ("" in vs and doc is not None and p not in doc["properties"]):
+            if values and not ("" in vs and doc is not None and p not in doc.get("properties", {})):
                 args[p] = _concrete(values[0])
             elif not values and "" in vs and doc is not None and p in doc.get("required", ()):
                 args[p] = ""  # required by the doc, and "" is what the ground truth accepts
