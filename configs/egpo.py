@@ -1,8 +1,12 @@
-"""The EGPO objective of METHOD.md §2–3: the `rl` and `optim` sections of an RL run.
+"""EGPO (METHOD.md §2–3) on the embedded SmolLM2-135M-Instruct and the embedded generated tasks.
 
-The RL loop that consumes them lands with the trainer; today they configure
-`fcrl.rl.train.train_step` (see tests/rl/train_test.py). `get_config("bonus=none")` is plain GRPO,
-the baseline of every comparison. Marks: [S] a third-party reading of the paper, [D] our choice.
+  python -m fcrl.train --config configs/egpo.py --config.workdir=runs/egpo
+
+Every RL config has these sections: model, mesh, data, sampling, reward, rl, optim, old_logprobs,
+updates (per rollout batch), cadences and seed. `get_config("bonus=none")` is plain
+GRPO, the baseline of every comparison. One step is P = prompts_per_step prompts × G rollouts;
+on 2 CPU cores a step of 1 × 8 × 128 tokens takes about a minute (README, "The RL loop").
+Marks: [S] a third-party reading of the paper, [D] our choice.
 """
 
 import ml_collections
@@ -13,6 +17,34 @@ from configs.common import parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, bonus="lambda_outside", group_size=8)
     config = ml_collections.ConfigDict()
+    config.workdir = "runs/egpo"  # --config.workdir=DIR; a run resumes from what DIR holds
+    config.seed = 0
+    config.steps = 570  # RL steps (rollout batches): the paper's learning curves [P]
+    config.prompts_per_step = 1  # P: B = P·G rows per step
+    config.model = ml_collections.ConfigDict(
+        {
+            "path": "",  # an HF checkpoint folder; "" = the embedded SmolLM2; "tiny" = random tiny
+            "dtype": "float32",  # compute dtype (parameters stay float32)
+        }
+    )
+    config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # -1: the rest
+    config.data = ml_collections.ConfigDict(
+        {
+            "train": "generated",  # a prepared train.jsonl, or "generated": the embedded set,
+            "val": "generated",  # prepared by fcrl.prepare into WORKDIR/data
+            "num_generated": 5000,
+            "fmt": "think_answer",  # the prompt and answer format (fcrl.chat.FORMATS)
+        }
+    )
+    config.sampling = ml_collections.ConfigDict(
+        {
+            "max_new_tokens": 128,  # the generation budget (also Dr.GRPO's constant)
+            "top_p": 1.0,
+            "top_k": 0,
+            "buckets": (256, 512, 768, 1024),  # prompt lengths; longer prompts are skipped
+        }
+    )
+    config.reward = ml_collections.ConfigDict({"shape": "binary"})  # binary | format_credit
     config.rl = ml_collections.ConfigDict(
         {
             "group_size": arg.group_size,  # G rollouts per prompt [D]
@@ -22,7 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "bonus_kappa": 2.0,  # κ [S]
             "entropy_per_token": False,  # H per rollout over <think> (True: per token) [D]
             "think_only": False,  # Â on every completion token (True: think tokens only) [D]
-            "uniform_groups": "mask",  # groups with one reward: mask | keep | drop [D]
+            # Groups whose rollouts all got one reward: "mask" leaves them out of the loss and of
+            # every count at a fixed batch shape (no recompile); "keep" trains on their Â = 0.
+            "uniform_groups": "mask",  # [D]
             "eps_low": 0.2,  # PPO clip [S]
             "eps_high": 0.2,  # > eps_low: clip-higher
             "dual_clip": 0.0,  # 0: off; else c > 1
@@ -31,17 +65,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "kl_clamp": 10.0,
             "entropy_coef": 0.0,  # entropy regulariser, off [S]
             "aggregation": "token_mean",  # token_mean [S] | seq_mean_token_mean | dr_grpo
-            "temperature": 0.7,  # the rollout temperature: logits are divided by it [S]
+            # The rollout temperature, declared once: the sampler draws with it and the loss
+            # divides the logits by it [S].
+            "temperature": 0.7,
             "logprob_chunk": 256,  # positions per chunk of the log-prob recompute
-            "micro_batches": 1,
+            "micro_batches": 1,  # gradient accumulation within one update
         }
     )
+    config.rl.completion_budget = config.sampling.get_ref("max_new_tokens")  # not a second knob
     config.optim = ml_collections.ConfigDict(
         {
             "lr": 1e-6,  # [S]
             "schedule": "constant",  # constant [S] | linear | cosine (after warmup)
-            "warmup_steps": 0,
-            "total_steps": 570,  # the paper's learning curves [P]
+            "warmup_steps": 0,  # optimizer updates
             "b1": 0.9,
             "b2": 0.999,
             "eps": 1e-8,
@@ -49,4 +85,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "grad_clip": 1.0,  # global norm; 0: off [D]
         }
     )
+    config.old_logprobs = "sampler"  # sampler: the rollout's own | recompute: training graph
+    config.updates = ml_collections.ConfigDict(
+        {
+            "epochs": 1,  # passes over each rollout batch
+            "mini_batches": 1,  # optimizer updates per pass (whole groups each)
+        }
+    )
+    # One schedule step per optimizer update: steps × epochs × mini_batches.
+    updates = config.updates.get_ref("epochs") * config.updates.get_ref("mini_batches")
+    config.optim.total_steps = config.get_ref("steps") * updates
+    config.log_every = 1
+    config.checkpoint_every = 10
+    config.keep_checkpoints = 3
+    config.completions_every = 10  # sample completions into completions.jsonl
+    config.completions_per_log = 8
+    # Held-out: greedy on a fixed sample of the validation set every `every` steps (0: off).
+    config.eval = ml_collections.ConfigDict({"every": 50, "size": 64})
+    config.eval.max_new_tokens = config.sampling.get_ref("max_new_tokens")
     return config

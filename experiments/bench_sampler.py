@@ -21,7 +21,7 @@ import numpy as np
 import transformers
 from flax import nnx
 
-from fcrl.generate import prompt_ids
+from fcrl.chat import render
 from fcrl.models import load_hf
 from fcrl.models.gguf import default_model_dir
 from fcrl.sampler import Sampler, SamplingConfig, decode, prefill
@@ -39,7 +39,7 @@ def chat_prompt(tokenizer: transformers.PreTrainedTokenizerBase, topic: str) -> 
         "list. The user asks: please look up the latest five records for the city of Lisbon, "
         "compare them with last week's, and summarize what changed in a friendly tone. "
     ).split() * 4
-    while len(ids := prompt_ids(tokenizer, " ".join(words))) > 200:
+    while len(ids := render(tokenizer, [{"role": "user", "content": " ".join(words)}])) > 200:
         words.pop()
     return ids
 

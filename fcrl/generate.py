@@ -12,30 +12,9 @@ import json
 import os
 from pathlib import Path
 
-import transformers
-from flax import nnx
-
-from fcrl.models import load_hf
+from fcrl.chat import ChatModel
 from fcrl.models.gguf import default_model_dir
-from fcrl.sampler import Sampler, SamplingConfig
-
-
-def eos_ids(model_dir: Path, tokenizer: transformers.PreTrainedTokenizerBase) -> list[int]:
-    """End-of-turn ids: generation_config.json, else config.json, else the tokenizer's."""
-    for name in ("generation_config.json", "config.json"):
-        file = model_dir / name
-        eos = json.loads(file.read_text()).get("eos_token_id") if file.is_file() else None
-        if eos is not None:
-            return [eos] if isinstance(eos, int) else list(eos)
-    return [tokenizer.eos_token_id]
-
-
-def prompt_ids(tokenizer: transformers.PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a user message in the chat template, ending with the assistant header."""
-    messages = [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    # The template already wrote any special tokens it wants (e.g. <|im_start|>).
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+from fcrl.sampler import SamplingConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,18 +41,15 @@ def main(argv: list[str] | None = None) -> None:
             top_k=args.top_k,
             stop=tuple(args.stop),
         )
-        model_dir = Path(args.model) if args.model else default_model_dir()
-        model = load_hf(model_dir, dtype=args.dtype, param_dtype=args.dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        sampler = Sampler(model, sampling, tokenizer, eos_ids(model_dir, tokenizer))
-        prompt = prompt_ids(tokenizer, args.prompt)
-        rollouts = sampler.sample(nnx.state(model), [prompt], args.seed)
+        chat = ChatModel(Path(args.model) if args.model else default_model_dir(), args.dtype)
+        messages = [{"role": "user", "content": args.prompt}]
+        _, rows = chat.sample(messages, None, sampling, args.seed)
     except (OSError, ValueError) as e:  # our errors already name the file, tensor or field
         parser.exit(2, f"fcrl.generate: error: {e}\n")
     if args.num_samples is None:
-        print(rollouts.texts[0])
+        print(rows[0]["text"])
         return
-    for row in rollouts.rows():
+    for row in rows:
         print(json.dumps({k: row[k] for k in ("text", "token_ids", "logprobs", "finish_reason")}))
 
 

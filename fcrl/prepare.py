@@ -17,13 +17,11 @@ import pathlib
 import sys
 
 import ml_collections
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from fcrl.data import judge as judge_lib
 from fcrl.data import records, synth, validate
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/prepare.py", lock_config=True)
 
 
 def make_judge(config: ml_collections.ConfigDict, out: pathlib.Path) -> judge_lib.Judge | None:
@@ -176,11 +174,13 @@ def table(summary: dict) -> str:
 def main(argv: list[str]) -> None:
     del argv
     try:
-        summary = run(_CONFIG.value)
+        summary = run(flags.FLAGS.config)
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"fcrl.prepare: error: {e}")
     print(table(summary))
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: fcrl.train imports this module and has its own --config.
+    config_flags.DEFINE_config_file("config", "configs/prepare.py", lock_config=True)
     app.run(main)

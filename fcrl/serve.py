@@ -2,7 +2,8 @@
 
   python -m fcrl.serve [--model PATH] [--port 8000] [--host 127.0.0.1]
 
-POST /v1/chat/completions takes `messages` (and optional `tools`, `max_tokens`, `temperature`,
+POST /v1/chat/completions takes `messages` (and optional `tools`, rendered by fcrl.chat in the
+method's think/answer format; `max_tokens`, `temperature`,
 `top_p`, `n`, `stop`, `seed`) and answers in OpenAI's chat.completion shape; GET /v1/models and
 GET /health report the model. Requests are served one at a time by fcrl's sampler; each distinct
 sampling setting compiles once. Bad requests get HTTP 400 naming the field. Binds 127.0.0.1
@@ -19,37 +20,19 @@ import time
 import uuid
 from pathlib import Path
 
-import transformers
-from flax import nnx
-
-from fcrl.generate import eos_ids
-from fcrl.models import load_hf
+from fcrl.chat import ChatModel
 from fcrl.models.gguf import default_model_dir
-from fcrl.sampler import FINISH, Sampler, SamplingConfig
+from fcrl.sampler import SamplingConfig
 
 
 class Chat:
-    """The model, its tokenizer and samplers (one per sampling setting), behind a lock."""
+    """A ChatModel behind a lock, with the prompt-length buckets its context allows."""
 
     def __init__(self, model_dir: Path, dtype: str = "float32", max_new_tokens: int = 512):
-        self.name = model_dir.name
-        self.model = load_hf(model_dir, dtype=dtype, param_dtype=dtype)
-        self.state = nnx.state(self.model)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        self.eos = eos_ids(model_dir, self.tokenizer)
-        self.max_new_tokens = max_new_tokens
-        context = self.model.cfg.max_position_embeddings
-        # Prompt-length buckets that leave room for the longest completion.
-        self.buckets = tuple(
-            b for b in (2**k for k in range(6, 16)) if b + max_new_tokens <= context
-        )
+        self.model = ChatModel(model_dir, dtype)
+        self.name, self.max_new_tokens = self.model.name, max_new_tokens
+        self.buckets = self.model.buckets(max_new_tokens)
         self.lock = threading.Lock()
-        self.samplers = {}  # SamplingConfig -> Sampler: each setting compiles once
-
-    def sampler(self, sampling: SamplingConfig) -> Sampler:
-        if sampling not in self.samplers:
-            self.samplers[sampling] = Sampler(self.model, sampling, self.tokenizer, self.eos)
-        return self.samplers[sampling]
 
     def complete(self, body: dict) -> dict:
         """An OpenAI chat.completion for a request body; ValueError(field, message) if bad."""
@@ -87,21 +70,18 @@ class Chat:
             )
         except ValueError as e:  # "sampling.<field> ..."
             raise ValueError("sampling", str(e)) from None
-        text = self.tokenizer.apply_chat_template(
-            messages, tools=body.get("tools") or None, add_generation_prompt=True, tokenize=False
-        )
-        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        tools = body.get("tools") or None
         with self.lock:
-            rollouts = self.sampler(sampling).sample(self.state, [prompt], int(fields["seed"]))
+            prompt, rows = self.model.sample(messages, tools, sampling, int(fields["seed"]))
         choices = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": rollouts.texts[i]},
-                "finish_reason": "length" if FINISH[rollouts.finish_B[i]] == "length" else "stop",
+                "message": {"role": "assistant", "content": row["text"]},
+                "finish_reason": "length" if row["finish_reason"] == "length" else "stop",
             }
-            for i in range(len(rollouts.texts))
+            for i, row in enumerate(rows)
         ]
-        completion_tokens = int(rollouts.lengths_B.sum())
+        completion_tokens = sum(row["length"] for row in rows)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",

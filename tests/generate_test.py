@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-from fcrl.generate import prompt_ids
+from fcrl.chat import render
 from fcrl.models import load_hf
 from fcrl.models.gguf import default_model_dir
 
@@ -23,7 +23,10 @@ def folder():
 
 def test_logits_match_transformers_on_a_chat_prompt(folder):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    ids = prompt_ids(tokenizer, "What is the capital of France? Answer in one word.")[:30]
+    ids = render(
+        tokenizer,
+        [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+    )[:30]
     assert len(ids) == 30
     tokens = np.asarray([ids], np.int32)
     ours = np.asarray(load_hf(folder)(jnp.asarray(tokens), jnp.ones_like(tokens, bool)))

@@ -139,7 +139,8 @@ def test_sharded_decoding_equals_unsharded():
         sharded = jax.device_put(state, shardings(state, SAMPLE_RULES, mesh))
         got = Sampler(model, sampling, None, [], mesh=mesh).sample(sharded, prompts, seed=2)
         np.testing.assert_array_equal(got.tokens_BN, expected.tokens_BN)
-        np.testing.assert_allclose(got.logprobs_BN, expected.logprobs_BN, atol=1e-5)
+        # float32 reductions in another order on another mesh: ~1e-5 of noise, 10x of room.
+        np.testing.assert_allclose(got.logprobs_BN, expected.logprobs_BN, rtol=1e-4, atol=1e-4)
         got = Sampler(model, greedy, None, [], mesh=mesh).sample(sharded, prompts)
         np.testing.assert_array_equal(got.tokens_BN, expected_greedy.tokens_BN)
 

@@ -79,18 +79,20 @@ class LocalChat:
     """The project's own model from a checkpoint folder, greedy, through the sampler."""
 
     def __init__(self, model_dir: pathlib.Path, max_new_tokens: int = 256):
-        from fcrl.serve import Chat  # loads JAX and the model: only when a local judge is used
+        from fcrl.chat import ChatModel  # loads JAX: only when a local judge is used
+        from fcrl.sampler import SamplingConfig
 
-        self.chat = Chat(pathlib.Path(model_dir), max_new_tokens=max_new_tokens)
+        self.chat = ChatModel(pathlib.Path(model_dir))
         self.name = f"local:{pathlib.Path(model_dir).resolve()}:{max_new_tokens}"
-        self.max_new_tokens = max_new_tokens
+        buckets = self.chat.buckets(max_new_tokens)
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
+                                       buckets=buckets)  # fmt: skip
 
     def __call__(self, messages: list[dict]) -> str:
-        body = {"messages": messages, "temperature": 0.0, "max_tokens": self.max_new_tokens}
         try:
-            return self.chat.complete(body)["choices"][0]["message"]["content"]
+            return self.chat.sample(messages, None, self.sampling)[1][0]["text"]
         except ValueError as e:  # e.g. the prompt is longer than the model's context
-            raise JudgeError(" ".join(map(str, e.args))) from None
+            raise JudgeError(str(e)) from None
 
 
 def verdict_of(reply: str) -> dict | None:

@@ -65,15 +65,19 @@ def kl_penalty(
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "dr_grpo")
 
 
-def aggregate(values_BT: jax.Array, weight_BT: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
+def aggregate(
+    values_BT: jax.Array, weight_BT: jax.Array, mode: str, budget: int = 0
+) -> tuple[jax.Array, jax.Array]:
     """(sum, count): the loss of the batch is sum / count, and both add over micro-batches.
 
     token_mean: Σ w·v / Σ w over all tokens of the batch (verl's default).
     seq_mean_token_mean: each row's token mean, averaged over rows with tokens (GRPO's paper).
-    dr_grpo: Σ w·v / (rows with tokens × T): a constant normaliser, T the padded completion
-      length (Dr.GRPO, arXiv 2503.20783, §3.2).
+    dr_grpo: Σ w·v / (rows with tokens × budget), `budget` the configured maximum completion
+      length, a constant (Dr.GRPO, arXiv 2503.20783, §3.2: the generation budget, not the width
+      of a padded batch, which changes from step to step).
+    Positions with weight 0 contribute exactly 0, even where `values_BT` is not finite.
     """
-    weighted_BT = values_BT * weight_BT
+    weighted_BT = jnp.where(weight_BT > 0, values_BT * weight_BT, 0.0)
     tokens_B = weight_BT.sum(axis=1)
     rows = jnp.sum(tokens_B > 0).astype(tokens_B.dtype)
     if mode == "token_mean":
@@ -81,7 +85,9 @@ def aggregate(values_BT: jax.Array, weight_BT: jax.Array, mode: str) -> tuple[ja
     if mode == "seq_mean_token_mean":
         return jnp.sum(weighted_BT.sum(axis=1) / jnp.maximum(tokens_B, 1e-12)), rows
     if mode == "dr_grpo":
-        return weighted_BT.sum(), rows * values_BT.shape[1]
+        if budget < 1:
+            raise ValueError(f"rl.completion_budget: dr_grpo needs a length ≥ 1, got {budget}")
+        return weighted_BT.sum(), rows * budget
     raise ValueError(f"rl.aggregation: unknown mode {mode!r}; expected one of {AGGREGATIONS}")
 
 
@@ -136,16 +142,25 @@ def policy_loss(
 
     each Σ an `aggregate` sum over the tokens weighted by `weight_BT`, `count` the whole batch's
     (see `aggregate`). β = rl.kl_coef (0: no KL term), c_H = rl.entropy_coef (0 by default).
-    Returns L and the unreduced sums {"pg", "kl", "entropy"}.
+    Returns L and the unreduced sums {"pg", "kl", "entropy"}. Inputs at positions of weight 0
+    are replaced by 0 first, so that a non-finite value there (e.g. a -inf log-prob of padding)
+    cannot reach the loss or its gradient.
     """
+    on_BT = weight_BT > 0
+    logp_BT, entropy_BT, old_logp_BT, ref_logp_BT, adv_BT = (
+        jnp.where(on_BT, x, 0.0) for x in (logp_BT, entropy_BT, old_logp_BT, ref_logp_BT, adv_BT)
+    )
+
+    def mean_sum(values_BT: jax.Array) -> jax.Array:
+        return aggregate(values_BT, weight_BT, rl.aggregation, rl.completion_budget)[0]
+
     pg_BT = ppo_clip(logp_BT, old_logp_BT, adv_BT, rl.eps_low, rl.eps_high, rl.dual_clip)
-    sums = {"pg": aggregate(pg_BT, weight_BT, rl.aggregation)[0]}
+    sums = {"pg": mean_sum(pg_BT)}
     loss = sums["pg"] / count
     if rl.kl_coef > 0:
-        kl_BT = kl_penalty(logp_BT, ref_logp_BT, rl.kl_estimator, rl.kl_clamp)
-        sums["kl"] = aggregate(kl_BT, weight_BT, rl.aggregation)[0]
+        sums["kl"] = mean_sum(kl_penalty(logp_BT, ref_logp_BT, rl.kl_estimator, rl.kl_clamp))
         loss = loss + rl.kl_coef * sums["kl"] / count
     if rl.entropy_coef > 0:
-        sums["entropy"] = aggregate(entropy_BT, weight_BT, rl.aggregation)[0]
+        sums["entropy"] = mean_sum(entropy_BT)
         loss = loss - rl.entropy_coef * sums["entropy"] / count
     return loss, sums

@@ -16,7 +16,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding
@@ -36,7 +35,7 @@ from fcrl.sharding import BATCH
 RL_CHOICES = {
     "advantage": tuple(ADVANTAGES),
     "bonus": tuple(BONUSES),
-    "uniform_groups": ("mask", "keep", "drop"),
+    "uniform_groups": ("mask", "keep"),
     "kl_estimator": tuple(KL_ESTIMATORS),
     "aggregation": AGGREGATIONS,
 }
@@ -67,6 +66,11 @@ def check_rl(rl: ml_collections.ConfigDict) -> None:
             ("temperature", rl.temperature > 0, "must be > 0"),
             ("logprob_chunk", rl.logprob_chunk >= 1, "must be ≥ 1"),
             ("micro_batches", rl.micro_batches >= 1, "must be ≥ 1"),
+            (
+                "completion_budget",
+                rl.completion_budget >= 1 or rl.aggregation != "dr_grpo",
+                "must be ≥ 1 (the maximum completion length) with aggregation dr_grpo",
+            ),
         ],
     )
 
@@ -137,16 +141,6 @@ class Batch:
     rewards_B: jax.Array  # float32
 
 
-def drop_uniform_groups(batch: Batch, group_size: int) -> Batch | None:
-    """The rows of groups whose rewards differ (host side, rl.uniform_groups = "drop"); None
-    when no group is left."""
-    keep_P = ~np.asarray(uniform_groups(np.asarray(batch.rewards_B).reshape(-1, group_size)))
-    if not keep_P.any():
-        return None
-    keep_B = np.repeat(keep_P, group_size)
-    return jax.tree.map(lambda x: np.asarray(x)[keep_B], batch)
-
-
 def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
     """Â [B, T], the token weights [B, T] (0 off the trained tokens and, with
     uniform_groups = "mask", on groups with one reward), the whole batch's count, and metrics."""
@@ -160,7 +154,8 @@ def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array,
             uniform_groups(batch.rewards_B.reshape(-1, rl.group_size)), rl.group_size
         )
         weight_BT = weight_BT * ~uniform_B[:, None]
-    count = jnp.maximum(aggregate(jnp.zeros_like(weight_BT), weight_BT, rl.aggregation)[1], 1.0)
+    zeros_BT = jnp.zeros_like(weight_BT)
+    count = jnp.maximum(aggregate(zeros_BT, weight_BT, rl.aggregation, rl.completion_budget)[1], 1)
     return adv_BT, weight_BT, count, metrics
 
 
@@ -175,7 +170,10 @@ def train_step(
 ) -> tuple[nnx.State, optax.OptState, dict[str, jax.Array]]:
     """One update. The gradient is Σ over micro-batches of ∇(sums / whole-batch count), which
     equals the one-batch gradient; the model computes in its graphdef's dtype (e.g. bf16 over
-    float32 `params`)."""
+    float32 `params`). A batch without learning signal (no trained token left after masking
+    uniform groups, or every group uniform with no KL or entropy term) is skipped: parameters
+    and optimizer state come back unchanged (AdamW's momentum and weight decay would move them
+    on a zero gradient), with `update/skipped` = 1."""
     check_rl(rl)  # while tracing: before anything compiles
     b, m = batch.rewards_B.shape[0], rl.micro_batches
     if b % m or b % rl.group_size:
@@ -184,6 +182,9 @@ def train_step(
         )
     adv_BT, weight_BT, count, metrics = objective_inputs(batch, rl)
     tokens = jnp.maximum(weight_BT.sum(), 1.0)
+    skip = weight_BT.sum() == 0
+    if rl.kl_coef == 0 and rl.entropy_coef == 0:
+        skip |= jnp.all(uniform_groups(batch.rewards_B.reshape(-1, rl.group_size)))
 
     def micro(x: jax.Array) -> jax.Array:
         return x.reshape(m, b // m, *x.shape[1:])
@@ -212,21 +213,30 @@ def train_step(
         ), None
 
     xs = (jax.tree.map(micro, batch), micro(adv_BT), micro(weight_BT))
-    # Zero accumulators shaped like one micro-batch's outputs.
-    loss_shape, (sums_shape, stats_shape) = jax.eval_shape(
-        lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], xs))
-    )
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (params, loss_shape, sums_shape))
-    (grads, loss, sums, stats), _ = jax.lax.scan(
-        accumulate, (*zeros, _empty_stats(stats_shape)), xs
-    )
 
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics |= {f"loss/{k}": v / count for k, v in sums.items()}
-    metrics |= {"loss/total": loss, "grad/norm": optax.tree.norm(grads)}
-    metrics |= {k: v if k.endswith(("/min", "/max")) else v / tokens for k, v in stats.items()}
-    return params, opt_state, metrics
+    def update(params: nnx.State, opt_state: optax.OptState):
+        # Zero accumulators shaped like one micro-batch's outputs.
+        loss_shape, (sums_shape, stats_shape) = jax.eval_shape(
+            lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], xs))
+        )
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), (params, loss_shape, sums_shape)
+        )
+        (grads, loss, sums, stats), _ = jax.lax.scan(
+            accumulate, (*zeros, _empty_stats(stats_shape)), xs
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        out = {f"loss/{k}": v / count for k, v in sums.items()}
+        out |= {"loss/total": loss, "grad/norm": optax.tree.norm(grads)}
+        out |= {k: v if k.endswith(("/min", "/max")) else v / tokens for k, v in stats.items()}
+        return optax.apply_updates(params, updates), opt_state, out
+
+    def unchanged(params: nnx.State, opt_state: optax.OptState):
+        out = jax.eval_shape(update, params, opt_state)[2]
+        return params, opt_state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+
+    params, opt_state, out = jax.lax.cond(skip, unchanged, update, params, opt_state)
+    return params, opt_state, metrics | out | {"update/skipped": skip.astype(jnp.float32)}
 
 
 def _token_stats(logp_BT, entropy_BT, mb: Batch, adv_BT, weight_BT, rl) -> dict[str, jax.Array]:

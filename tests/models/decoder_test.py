@@ -44,4 +44,7 @@ def test_padding_does_not_change_real_tokens(checkpoint):
     tokens, mask = tiny.padded_batch()
     alone = model(jnp.asarray(tokens[1:2, 4:]), jnp.ones((1, 8), bool))
     padded = model(jnp.asarray(tokens[1:2]), jnp.asarray(mask[1:2]))
-    np.testing.assert_allclose(np.asarray(padded)[0, 4:], np.asarray(alone)[0], atol=1e-5)
+    # Padding changes float32 reduction shapes: noise of ~1e-6 relative, 100x of room.
+    np.testing.assert_allclose(
+        np.asarray(padded)[0, 4:], np.asarray(alone)[0], rtol=1e-4, atol=1e-4
+    )

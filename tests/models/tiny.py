@@ -1,8 +1,11 @@
-"""Tiny random HF checkpoints of each supported family, made with transformers' torch models."""
+"""Tiny random HF checkpoints of each supported family, made with transformers' torch models;
+the character tokenizer and the torch-free tiny checkpoint live in fcrl.models.tiny."""
 
 from pathlib import Path
 
 import numpy as np
+
+from fcrl.models.tiny import char_tokenizer, tiny_checkpoint  # noqa: F401 (re-exported)
 
 COMMON = {
     "vocab_size": 96,
@@ -90,38 +93,3 @@ def random_model(kind: str, seed: int = 0, noise: float = 0.3):
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     noisy = [x + noise * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     return model, jax.tree.unflatten(treedef, noisy)
-
-
-def char_tokenizer():
-    """A 96-id tokenizer: the 95 printable ASCII characters, then <eos> (id 95)."""
-    import tokenizers
-    import transformers
-
-    vocab = {chr(32 + i): i for i in range(95)} | {"<eos>": 95}
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<eos>"))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-        tokenizers.Regex("."), behavior="isolated"
-    )
-    tokenizer.decoder = tokenizers.decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
-
-
-def tiny_checkpoint(folder: Path, max_positions: int = 4096) -> Path:
-    """A random tiny qwen2 HF folder made without torch, with the character tokenizer and a
-    plain chat template: a model fcrl.serve and the judges can load."""
-    import dataclasses
-
-    from flax import nnx
-
-    from fcrl.models import Decoder, ModelConfig, export_hf
-
-    cfg = ModelConfig.from_hf(hf_config("qwen2").to_dict())
-    cfg = dataclasses.replace(cfg, max_position_embeddings=max_positions)
-    export_hf(Decoder(cfg, nnx.Rngs(0)), folder)
-    tokenizer = char_tokenizer()
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% endif %}"
-    )
-    tokenizer.save_pretrained(folder)
-    return folder

@@ -27,6 +27,9 @@ def inputs(seed: int = 0, b: int = 4, t: int = 12):
     adv = rng.normal(0, 1, (b, t)) * (rng.uniform(size=(b, 1)) > 0.2)
     weight = (np.arange(t) >= rng.integers(2, 8, (b, 1))).astype(np.float64)
     weight[1] = 0.0  # a row without trained tokens
+    # Two trained tokens with ρ = e^1.5 ≈ 4.5: one with Â < 0, where a dual clip at 2 binds,
+    # and one with Â > 0, clipped at 1 + ε.
+    old[0, -2:], adv[0, -2:] = logp[0, -2:] - 1.5, [-0.7, 0.9]
     return logp, entropy, old, ref, adv, weight
 
 
@@ -39,13 +42,15 @@ def config(**overrides):
 MODES = [
     {"aggregation": agg, "kl_estimator": kl, "dual_clip": dual, "entropy_coef": ent}
     for agg, kl, (dual, ent) in itertools.product(
-        loss_lib.AGGREGATIONS, loss_lib.KL_ESTIMATORS, [(0.0, 0.0), (3.0, 0.01)]
+        loss_lib.AGGREGATIONS, loss_lib.KL_ESTIMATORS, [(0.0, 0.0), (2.0, 0.01)]
     )
 ] + [{"aggregation": agg, "kl_coef": 0.0} for agg in loss_lib.AGGREGATIONS]
 
 
 def jax_loss(logp, entropy, old, ref, adv, weight, rl):
-    count = loss_lib.aggregate(jnp.zeros_like(weight), weight, rl.aggregation)[1]
+    count = loss_lib.aggregate(
+        jnp.zeros_like(weight), weight, rl.aggregation, rl.completion_budget
+    )[1]
     return loss_lib.policy_loss(logp, entropy, old, ref, adv, weight, count, rl)[0]
 
 
@@ -58,6 +63,9 @@ def test_loss_and_gradient_match_the_float64_reference(mode):
     def ref_loss(logp, entropy):
         return reference.loss(logp, entropy, *rest, rl.to_dict())
 
+    if rl.dual_clip:  # for Â < 0 the loss is |Â|·ρ: the cap binds where ρ > c
+        ratio = np.exp(logp - old)
+        assert ((adv < 0) & (ratio > rl.dual_clip) & (weight > 0)).any()
     expected = ref_loss(logp, entropy)
     expected_grads = (
         reference.numerical_grad(lambda x: ref_loss(x, entropy), logp),
@@ -80,8 +88,39 @@ def test_aggregation_small_case():
     assert [float(x) for x in loss_lib.aggregate(values, weight, "token_mean")] == [10, 4]
     # seq_mean_token_mean: (mean(1, 2, 3) + mean(4)) / 2 rows = (2 + 4) / 2
     assert [float(x) for x in loss_lib.aggregate(values, weight, "seq_mean_token_mean")] == [6, 2]
-    # dr_grpo: 10 / (2 rows × 3 positions)
-    assert [float(x) for x in loss_lib.aggregate(values, weight, "dr_grpo")] == [10, 6]
+    # dr_grpo: 10 / (2 rows × a budget of 5 tokens), whatever the padded width (3)
+    assert [float(x) for x in loss_lib.aggregate(values, weight, "dr_grpo", 5)] == [10, 10]
+    with pytest.raises(ValueError, match="completion_budget"):
+        loss_lib.aggregate(values, weight, "dr_grpo")
+
+
+def test_dual_clip_small_case():
+    # ρ = e^1.5 ≈ 4.48, Â = −1: PPO's loss is −min(−4.48, −1.2) = 4.48; the dual clip at c = 3
+    # caps it at −c·Â = 3. With Â = +1 the dual clip does nothing: −min(4.48, 1.2) = −1.2.
+    logp, old = jnp.array([0.0, 0.0]), jnp.array([-1.5, -1.5])
+    adv = jnp.array([-1.0, 1.0])
+    plain = loss_lib.ppo_clip(logp, old, adv, 0.2, 0.2)
+    dual = loss_lib.ppo_clip(logp, old, adv, 0.2, 0.2, dual_clip=3.0)
+    np.testing.assert_allclose(plain, [np.exp(1.5), -1.2], rtol=1e-6)
+    np.testing.assert_allclose(dual, [3.0, -1.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("aggregation", loss_lib.AGGREGATIONS)
+def test_masked_positions_cannot_poison_the_loss(aggregation):
+    """inf / nan at positions of weight 0 (e.g. -inf log-probs of padding) change neither the
+    loss nor its gradient."""
+    rl = config(aggregation=aggregation, entropy_coef=0.01, dual_clip=2.0)
+    logp, entropy, old, ref, adv, weight = inputs(seed=3)
+    grad_fn = jax.value_and_grad(lambda lp, h, *r: jax_loss(lp, h, *r, rl), argnums=(0, 1))
+    clean = grad_fn(*(x.astype(np.float32) for x in (logp, entropy, old, ref, adv, weight)))
+    off = weight == 0
+    poisoned = [x.astype(np.float32).copy() for x in (logp, entropy, old, ref, adv)]
+    for x, bad in zip(poisoned, (np.nan, np.inf, -np.inf, np.nan, np.inf), strict=True):
+        x[off] = bad
+    value, grads = grad_fn(*poisoned, weight.astype(np.float32))
+    assert float(value) == float(clean[0])
+    for got, want in zip(grads, clean[1], strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_kl_estimators_small_case():
@@ -107,7 +146,7 @@ def test_chunked_recompute_equals_a_plain_forward(chunk):
     want = plain_logprobs(model, jnp.asarray(tokens), jnp.asarray(mask), 0.7)
     got = loss_lib.token_logprobs(model, jnp.asarray(tokens), jnp.asarray(mask), 0.7, chunk)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(np.asarray(g)[mask], np.asarray(w)[mask], atol=2e-5)
+        np.testing.assert_allclose(np.asarray(g)[mask], np.asarray(w)[mask], rtol=1e-4, atol=1e-4)
 
 
 def test_sampler_logprobs_equal_trainer_logprobs():

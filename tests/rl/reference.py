@@ -62,24 +62,27 @@ def token_terms(logp, old, ref, adv, rl) -> tuple[np.ndarray, np.ndarray]:
     return pg, np.clip(kl, -rl["kl_clamp"], rl["kl_clamp"])
 
 
-def mean_of(values, weight, mode) -> float:
+def mean_of(values, weight, mode, budget) -> float:
     """The aggregated mean of one term over the whole batch."""
     rows = [i for i in range(values.shape[0]) if weight[i].sum() > 0]
     if mode == "token_mean":
         return (values * weight).sum() / weight.sum()
     if mode == "seq_mean_token_mean":
         return sum((values[i] * weight[i]).sum() / weight[i].sum() for i in rows) / len(rows)
-    return (values * weight).sum() / (len(rows) * values.shape[1])  # dr_grpo
+    # dr_grpo, arXiv 2503.20783 eq. 3 and its code: each response's token sum divided by the
+    # constant MAX_TOKENS (the generation budget, whatever the padded width), then the mean
+    # over responses.
+    return sum((values[i] * weight[i]).sum() / budget for i in rows) / len(rows)
 
 
 def loss(logp, entropy, old, ref, adv, weight, rl) -> float:
     pg, kl = token_terms(logp, old, ref, adv, rl)
-    mode = rl["aggregation"]
-    total = mean_of(pg, weight, mode)
+    mode, budget = rl["aggregation"], rl["completion_budget"]
+    total = mean_of(pg, weight, mode, budget)
     if rl["kl_coef"] > 0:
-        total += rl["kl_coef"] * mean_of(kl, weight, mode)
+        total += rl["kl_coef"] * mean_of(kl, weight, mode, budget)
     if rl["entropy_coef"] > 0:
-        total -= rl["entropy_coef"] * mean_of(entropy, weight, mode)
+        total -= rl["entropy_coef"] * mean_of(entropy, weight, mode, budget)
     return total
 
 

@@ -187,14 +187,28 @@ def test_adamw_step_and_optimizer_state_placement():
     assert max_rel_diff(params, before) > 0
 
 
-def test_drop_uniform_groups():
+@pytest.mark.parametrize(
+    "uniform_groups, kl_coef, skipped",
+    [("mask", 0.001, True), ("keep", 0.0, True), ("keep", 0.001, False)],
+)
+def test_a_batch_without_signal_skips_the_update(uniform_groups, kl_coef, skipped):
+    """Every group uniform: AdamW would still move the weights (momentum, weight decay) on a
+    zero gradient, so the step returns parameters and optimizer state unchanged and says so.
+    With uniform groups kept and a KL term there is a gradient, and the update runs."""
     model, state = tiny.random_model("qwen2")
-    batch = make_batch(model, state)
-    kept = train.drop_uniform_groups(batch, G)
-    assert kept.tokens_BT.shape == (4, T)
-    np.testing.assert_array_equal(kept.tokens_BT, batch.tokens_BT[:4])
-    all_same = batch.replace(rewards_B=np.ones(B, np.float32))
-    assert train.drop_uniform_groups(all_same, G) is None
+    batch = make_batch(model, state).replace(rewards_B=np.ones(B, np.float32))
+    config = get_config(f"group_size={G}")
+    optimizer = train.make_optimizer(config.optim)
+    rl = rl_config(uniform_groups=uniform_groups, kl_coef=kl_coef)
+    params, opt_state = jax.tree.map(jnp.copy, state), train.init_opt_state(optimizer, state)
+    before = jax.tree.map(np.asarray, (params, opt_state))
+    graphdef = nnx.graphdef(model)
+    params, opt_state, metrics = STEP(graphdef, params, opt_state, batch, rl=rl,
+                                      optimizer=optimizer)  # fmt: skip
+    assert float(metrics["update/skipped"]) == float(skipped)
+    same = [np.array_equal(x, y) for x, y in zip(jax.tree.leaves((params, opt_state)),
+                                                jax.tree.leaves(before), strict=True)]  # fmt: skip
+    assert all(same) if skipped else not all(same)
 
 
 BAD = [
@@ -211,6 +225,7 @@ BAD = [
     ("rl", {"kl_coef": -0.001}, "rl.kl_coef"),
     ("rl", {"dual_clip": 0.5}, "rl.dual_clip"),
     ("rl", {"group_size": 1}, "rl.group_size"),
+    ("rl", {"aggregation": "dr_grpo", "completion_budget": 0}, "rl.completion_budget"),
     ("optim", {"lr": 0.0}, "optim.lr"),
     ("optim", {"schedule": "step"}, "optim.schedule"),
     ("optim", {"warmup_steps": 1000}, "optim.warmup_steps"),

@@ -1,0 +1,59 @@
+"""What a run writes as it goes: flat `/`-namespaced metrics in WORKDIR/metrics.jsonl and in
+TensorBoard event files (tensorboardX, no TensorFlow), and other per-step JSON Lines logs
+(completions.jsonl, batches.jsonl, eval.jsonl).
+
+A resumed run first cuts every log back to the steps its checkpoint holds (and TensorBoard
+purges the later events), so the files read as one uninterrupted run.
+"""
+
+import json
+import os
+import pathlib
+
+import tensorboardX
+
+LOGS = ("metrics.jsonl", "completions.jsonl", "batches.jsonl", "eval.jsonl")
+
+
+def cut_jsonl(path: pathlib.Path, last_step: int) -> None:
+    """Keeps the rows of `path` with step ≤ last_step (a line cut by a crash goes too); atomic."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Writer:
+    """Appends metrics and logs of steps after `start_step` (the resumed checkpoint's)."""
+
+    def __init__(self, workdir: pathlib.Path, start_step: int):
+        self.workdir = pathlib.Path(workdir)
+        for name in LOGS:
+            cut_jsonl(self.workdir / name, start_step)
+        self.files = {name: (self.workdir / name).open("a", encoding="utf-8") for name in LOGS}
+        self.tb = tensorboardX.SummaryWriter(str(self.workdir / "tb"), purge_step=start_step + 1)
+
+    def log(self, name: str, step: int, row: dict) -> None:
+        """One JSON line {"step": step, **row} in `name` (one of LOGS)."""
+        f = self.files[name]
+        f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+        f.flush()
+
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        self.log("metrics.jsonl", step, metrics)
+        for key, value in metrics.items():
+            self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.tb.close()

@@ -1,0 +1,69 @@
+"""fcrl.chat.render: the method's prompt through chat templates with and without a `tools`
+argument, the record's own system text kept, plain chat without tools."""
+
+import json
+
+import pytest
+import transformers
+
+from fcrl import chat
+from fcrl.models.gguf import default_model_dir
+from fcrl.models.tiny import char_tokenizer
+
+TOOLS = [{"name": "get_weather", "description": "Weather of a city.",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                         "required": ["city"]}}]  # fmt: skip
+ASK = [{"role": "user", "content": "Weather in Oslo?"}]
+# A template in the manner of Qwen2.5's: tools, when given, are listed in the system turn.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t['function']['name'] }};{% endfor %}</tools>\n"
+    "{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def decoded(tokenizer, *args, **kwargs) -> str:
+    return tokenizer.decode(chat.render(tokenizer, *args, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return transformers.AutoTokenizer.from_pretrained(default_model_dir())
+
+
+def test_smollm2_gets_the_instruction_and_docs_in_its_system_turn(smollm2):
+    text = decoded(smollm2, ASK, TOOLS)
+    assert text.startswith("<|im_start|>system\nYou are an expert in composing functions.")
+    assert "<think></think>" in text and "<answer>[func_name1(param=value)" in text
+    assert json.dumps(TOOLS) in text
+    assert text.endswith("<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n")
+    assert text.count("<|im_start|>system") == 1  # the template's default system turn is gone
+
+
+def test_plain_chat_without_tools_is_the_template_alone(smollm2):
+    want = smollm2.apply_chat_template(ASK, add_generation_prompt=True, tokenize=False)
+    assert decoded(smollm2, ASK) == want
+
+
+def test_a_template_that_takes_tools():
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = TOOLS_TEMPLATE
+    assert chat.takes_tools(tokenizer)
+    think_answer = decoded(tokenizer, ASK, TOOLS)
+    assert "<tools>" not in think_answer and json.dumps(TOOLS) in think_answer  # docs: ours
+    tool_call = decoded(tokenizer, ASK, TOOLS, fmt="tool_call")
+    assert tool_call.startswith("<tools>get_weather;</tools>")  # docs: the template's
+    assert json.dumps(TOOLS) not in tool_call and "<think></think>" in tool_call
+    plain = char_tokenizer()
+    plain.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ValueError, match="tool_call"):
+        chat.render(plain, ASK, TOOLS, fmt="tool_call")
+    with pytest.raises(ValueError, match="fmt"):
+        chat.render(tokenizer, ASK, TOOLS, fmt="xml")
+
+
+def test_the_records_system_text_follows_the_instruction(smollm2):
+    messages = [{"role": "system", "content": "Answer briefly."}, *ASK]
+    text = decoded(smollm2, messages, TOOLS)
+    assert text.count("<|im_start|>system") == 1
+    assert text.index(json.dumps(TOOLS)) < text.index("Answer briefly.") < text.index("Oslo")

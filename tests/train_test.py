@@ -1,0 +1,201 @@
+"""fcrl.train on configs/tiny.py: the whole loop runs, writes what it promises, resumes exactly
+after a SIGKILL (real processes), and gives the same update on 1 device, 8 devices and in
+micro-batches; bad configs and inputs end in one line with exit code 2."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tiny
+from fcrl import checkpoint
+from fcrl import train as train_lib
+from fcrl.models import load_hf
+from fcrl.models.tiny import char_tokenizer
+from fcrl.sampler import token_pieces
+from fcrl.sharding import path_str
+
+ROOT = pathlib.Path(__file__).parents[1]
+MESH8 = {"data": 1, "fsdp": 4, "tensor": 2}
+COMMAND = [sys.executable, "-m", "fcrl.train", "--config", "configs/tiny.py",
+           "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]  # fmt: skip
+
+
+def tiny_config(**overrides):
+    config = tiny.get_config()
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        section = config
+        for name in path:
+            section = section[name]
+        section[last] = value
+    return config
+
+
+def params_of(workdir: pathlib.Path) -> dict:
+    summary = json.loads((workdir / "summary.json").read_text())
+    return checkpoint.read_state(workdir / "checkpoints" / str(summary["step"]))["params"]
+
+
+def jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> pathlib.Path:
+    """The uninterrupted tiny run (4 steps, checkpoints at 2 and 4) on the 8-device mesh."""
+    workdir = tmp_path_factory.mktemp("reference")
+    train_lib.run(tiny_config(**{"mesh": MESH8}), workdir)
+    return workdir
+
+
+def test_the_tiny_run_writes_what_it_promises(reference_run):
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert summary["step"] == 4 and len(summary["params_sha256"]) == 64
+    assert checkpoint.fingerprint(params_of(reference_run)) == summary["params_sha256"]
+    assert sorted(os.listdir(reference_run / "checkpoints")) == ["2", "4"]
+    saved = json.loads((reference_run / "config.json").read_text())
+    assert saved["config"]["model"]["path"] == "tiny" and saved["commit"]
+    rows = [r for r in jsonl(reference_run / "metrics.jsonl") if "loss/total" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in (
+        "reward/mean",
+        "entropy/mean",
+        "kl/mean",
+        "grad/norm",
+        "rollout/tokens_per_s",
+        "time/rollout",
+        "time/update",
+        "adv/uniform_groups",
+        "reward/zero_no_think",
+    ):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert all(r["grad/norm"] > 0 and r["update/skipped"] == 0 for r in rows)
+    completions = jsonl(reference_run / "completions.jsonl")
+    assert {c["step"] for c in completions} == {2, 4} and all("reason" in c for c in completions)
+    assert len(jsonl(reference_run / "batches.jsonl")) == 4
+    assert list((reference_run / "tb").iterdir())  # TensorBoard event files
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, tmp_path):
+    """Killed at a random moment after its first step (before, during or after the checkpoint
+    of step 2), then started again with the same command: same final parameters, same records
+    in the same order."""
+    command = [*COMMAND, f"--config.workdir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "step 1/4" in line:
+            break
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 6.0))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((tmp_path / "summary.json").read_text())
+    want = json.loads((reference_run / "summary.json").read_text())
+    assert (got["step"], got["params_sha256"]) == (want["step"], want["params_sha256"])
+    assert jsonl(tmp_path / "batches.jsonl") == jsonl(reference_run / "batches.jsonl")
+
+
+def fake_rewards(texts, ground_truths, tools, fmt, shape="binary"):
+    """Rewards that vary within a group (a random model earns none), from the text alone."""
+    rewards = np.asarray([float(len(t) % 2) for t in texts], np.float32)
+    return rewards, np.asarray(["ok" if r else "wrong_value" for r in rewards], object)
+
+
+@pytest.fixture
+def graded(monkeypatch):
+    monkeypatch.setattr(train_lib, "verify_batch", fake_rewards)
+
+
+def one_step(workdir: pathlib.Path, **overrides) -> dict:
+    # AdamW with a large eps is SGD scaled by lr / eps: the update is the gradient, so float32
+    # noise in it stays noise instead of flipping the sign of near-zero Adam steps.
+    base = {
+        "steps": 1,
+        "prompts_per_step": 2,
+        "optim.lr": 1.0,
+        "optim.eps": 1.0,
+        "optim.weight_decay": 0.0,
+        "rl.uniform_groups": "mask",
+        "rl.entropy_coef": 0.0,
+    }
+    train_lib.run(tiny_config(**base | overrides), workdir)  # fmt: skip
+    return params_of(workdir)
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    return {path_str(p): np.asarray(v, np.float64)
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}  # fmt: skip
+
+
+def test_one_device_eight_devices_and_micro_batches_give_one_update(graded, tmp_path):
+    """Through the whole loop (rollouts, rewards, batch, update): the 1-device step, the same
+    step on a 4 × 2 (fsdp × tensor) mesh, and in 4 micro-batches agree within float32 noise."""
+    one = {"mesh": {"data": 1, "fsdp": 1, "tensor": 1}}
+    single = flat(one_step(tmp_path / "one", **one))
+    initial = flat(nnx.state(load_hf(tmp_path / "one" / "tiny_model")))
+    update = {k: single[k] - initial[k] for k in single}
+    scale = max(np.abs(u).max() for u in update.values())
+    assert scale > 1e-3  # a real update: rewards differ within the groups
+    for name, others in (("eight", {"mesh": MESH8}), ("micro", one | {"rl.micro_batches": 4})):
+        other = flat(one_step(tmp_path / name, **others))
+        assert max(np.abs(other[k] - single[k]).max() for k in single) <= 1e-4 * scale, name
+    first = jsonl(tmp_path / "one" / "metrics.jsonl")[0]
+    assert first["update/skipped"] == 0 and 0 < first["reward/mean"] < 1
+
+
+def test_all_uniform_groups_skip_the_update(tmp_path):
+    """A random model earns no reward: with uniform groups masked, nothing moves (no AdamW
+    momentum or weight decay on a zero gradient), and the skipped updates are counted."""
+    config = tiny_config(steps=2, checkpoint_every=1, mesh=MESH8, **{"rl.uniform_groups": "mask"})
+    train_lib.run(config, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["skipped_updates"] == 2
+    first, last = (checkpoint.read_state(tmp_path / "checkpoints" / s)["params"] for s in "12")
+    assert checkpoint.fingerprint(first) == checkpoint.fingerprint(last)
+
+
+def test_think_mask_follows_the_bytes():
+    tokenizer = char_tokenizer()
+    pieces = token_pieces(tokenizer, 96)
+    texts = ["<think>ab</think><answer>[]</answer>", "no think here", "<think>open"]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    n = max(map(len, ids))
+    tokens = np.zeros((3, n), np.int32)
+    for row, x in enumerate(ids):
+        tokens[row, : len(x)] = x
+    mask = train_lib.think_mask(tokens, np.asarray([len(x) for x in ids]), pieces)
+    assert "".join(texts[0][i] for i in np.flatnonzero(mask[0])) == "ab"
+    assert not mask[1].any()
+    assert "".join(texts[2][i] for i in np.flatnonzero(mask[2])) == "open"
+
+
+BAD = [
+    (["--config.nope=1"], "config.nope"),
+    (["--config.steps=abc"], "steps"),
+    (["--config.rl.bonus=sigmoid"], "rl.bonus"),
+    (["--config.updates.mini_batches=3"], "updates.mini_batches"),
+    (["--config.data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
+    (["--config.model.path=/nonexistent/model"], "model.path"),
+]
+
+
+@pytest.mark.parametrize("args, named", BAD, ids=[b[1] for b in BAD])
+def test_bad_config_or_input_is_one_line_and_exit_2(args, named, tmp_path):
+    out = subprocess.run([*COMMAND, f"--config.workdir={tmp_path}", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("fcrl.train: error:")]
+    assert len(errors) == 1 and named in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
