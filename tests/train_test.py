@@ -166,6 +166,17 @@ def test_all_uniform_groups_skip_the_update(tmp_path):
     assert checkpoint.fingerprint(first) == checkpoint.fingerprint(last)
 
 
+def test_a_non_finite_loss_stops_the_run_with_the_last_checkpoint_intact(tmp_path):
+    """lr = 1e38 turns the weights into ~1e38 after step 1 (whose loss was finite, and which is
+    checkpointed): step 2's loss is not finite, and the run stops naming it."""
+    overrides = {"optim.lr": 1e38, "optim.grad_clip": 0.0}
+    config = tiny_config(steps=3, checkpoint_every=1, mesh=MESH8, **overrides)
+    with pytest.raises(train_lib.NonFiniteLoss, match="step 2: .*checkpoint \\(step 1\\)"):
+        train_lib.run(config, tmp_path)
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
+    assert checkpoint.read_state(tmp_path / "checkpoints" / "1")["params"]
+
+
 def test_think_mask_follows_the_bytes():
     tokenizer = char_tokenizer()
     pieces = token_pieces(tokenizer, 96)
