@@ -339,70 +339,78 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     params, opt_state = state["params"], state["opt_state"]
     rng = jax.random.wrap_key_data(state["rng"])
     start = meta["step"]
-    writer = metrics.Writer(workdir, start)
 
     # ------------------------------------------------------------ loop
+    # The logs are cut back to the checkpoint's step (wholly when starting afresh).
+    writer = metrics.Writer(workdir, start if restored is not None else -1)
     pending, clock = None, Clock(start, config.steps)
-    try:
-        if config.eval.every and start == 0:
-            meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, 0)
-        for step in range(start + 1, config.steps + 1):
-            t0 = time.perf_counter()
-            jax.block_until_ready(params)  # the previous step's updates, for its update time
-            if pending is not None:
-                pending.host["time/update"] = t0 - pending.dispatched
-            records = [next(iterator) for _ in range(p)]
-            rng, key = jax.random.split(rng)
-            rollouts = sampler.sample(params, [r["prompt_ids"] for r in records], key)
-            t1 = time.perf_counter()
-            rewards_B, reasons_B = verify_batch(
-                rollouts.texts,
-                [r["ground_truth"] for r in records for _ in range(g)],
-                [r["tools"] for r in records for _ in range(g)],
-                config.data.fmt,
-                shape=config.reward.shape,
-            )
-            batch = jax.device_put(make_batch(rollouts, rewards_B, pieces), rows)
-            t2 = time.perf_counter()
-            host = rollout_metrics(rollouts, rewards_B, reasons_B, batch, t1 - t0, t2 - t1)
-            if config.old_logprobs == "recompute":
-                logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT)
-                gap_BT = np.abs(np.asarray(logp_BT) - np.asarray(batch.old_logp_BT))
-                on_BT = np.asarray(batch.completion_BT)
-                host |= {"sampler/logp_gap_max": float(gap_BT[on_BT].max()),
-                         "sampler/logp_gap_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
-                batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
-            if use_ref:
-                batch = batch.replace(ref_logp_BT=logprobs(ref_params, batch.tokens_BT,
-                                                           batch.mask_BT)[0])  # fmt: skip
-            jax.block_until_ready(batch)
-            t3 = time.perf_counter()
-            host["time/logprobs"] = t3 - t2
-            device = []
-            for mini in mini_batches(batch, config.updates):
-                params, opt_state, m = update(params, opt_state, mini)
-                device.append(m)
-            if pending is not None:
-                meta = flush(pending, meta, writer, clock, config)
-            pending = Pending(step, device, host, t3)
-            log_samples(writer, step, records, rollouts, rewards_B, reasons_B, config)
-            writer.log("batches.jsonl", step, {"ids": [r.get("id") for r in records]})
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                jax.block_until_ready(params)
-                pending.host["time/update"] = time.perf_counter() - pending.dispatched
-                meta = flush(pending, meta, writer, clock, config)
-                pending = None
-                meta = save(mngr, step, params, opt_state, rng, iterator, meta, writer)
-            if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
-                meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, step)
-    finally:
-        writer.close()
+    with jax.set_mesh(mesh):
+        try:
+            if config.eval.every and start == 0:
+                meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, 0)
+            for step in range(start + 1, config.steps + 1):
+                jax.block_until_ready(params)  # the previous step's updates: its update time
+                t0 = time.perf_counter()
+                if pending is not None:
+                    pending.host["time/update"] = t0 - pending.dispatched
+                records = [next(iterator) for _ in range(p)]
+                rng, key = jax.random.split(rng)
+                rollouts = sampler.sample(params, [r["prompt_ids"] for r in records], key)
+                t1 = time.perf_counter()
+                rewards_B, reasons_B = verify_batch(
+                    rollouts.texts,
+                    [r["ground_truth"] for r in records for _ in range(g)],
+                    [r["tools"] for r in records for _ in range(g)],
+                    config.data.fmt,
+                    shape=config.reward.shape,
+                )
+                batch = jax.device_put(make_batch(rollouts, rewards_B, pieces), rows)
+                t2 = time.perf_counter()
+                host = rollout_metrics(rollouts, rewards_B, reasons_B, batch, t1 - t0, t2 - t1)
+                batch, gaps = policy_logprobs(batch, params, ref_params, logprobs, config)
+                host |= gaps | {"time/logprobs": time.perf_counter() - t2}
+                t3 = time.perf_counter()
+                device = []
+                for mini in mini_batches(batch, config.updates):
+                    params, opt_state, m = update(params, opt_state, mini)
+                    device.append(m)
+                if pending is not None:
+                    meta = flush(pending, meta, writer, clock, config)
+                pending = Pending(step, device, host, t3)
+                log_samples(writer, step, records, rollouts, rewards_B, reasons_B, config)
+                writer.log("batches.jsonl", step, {"ids": [r.get("id") for r in records]})
+                if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
+                    meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, step)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    jax.block_until_ready(params)
+                    pending.host["time/update"] = time.perf_counter() - pending.dispatched
+                    meta = flush(pending, meta, writer, clock, config)
+                    pending = None
+                    meta = save(mngr, step, params, opt_state, rng, iterator, meta, writer)
+        finally:
+            writer.close()
     summary = {"step": meta["step"], "params_sha256": checkpoint.fingerprint(params),
                "skipped_updates": meta["skipped_updates"], "heldout": meta["heldout"],
                "workdir": str(workdir)}  # fmt: skip
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(file=sys.stderr)
     return summary
+
+
+def policy_logprobs(batch: Batch, params, ref_params, logprobs, config) -> tuple[Batch, dict]:
+    """The batch with the training graph's old log-probs and entropies (old_logprobs =
+    "recompute", logging their gap to the sampler's) and the reference's (when β > 0)."""
+    gaps = {}
+    if config.old_logprobs == "recompute":
+        logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT)
+        gap_BT = np.abs(np.asarray(logp_BT) - np.asarray(batch.old_logp_BT))
+        on_BT = np.asarray(batch.completion_BT)
+        gaps = {"sampler/logp_gap_max": float(gap_BT[on_BT].max()),
+                "sampler/logp_gap_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
+        batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
+    if ref_params is not None:
+        batch = batch.replace(ref_logp_BT=logprobs(ref_params, batch.tokens_BT, batch.mask_BT)[0])
+    return jax.block_until_ready(batch), gaps
 
 
 def mini_batches(batch: Batch, updates: ml_collections.ConfigDict):
@@ -456,7 +464,8 @@ class Clock:
 
 
 def flush(pending: Pending, meta: dict, writer: metrics.Writer, clock: Clock, config) -> dict:
-    """Fetches a step's device metrics, stops on a non-finite loss, logs, prints progress."""
+    """Fetches a step's device metrics (averaged over its updates), stops on a non-finite loss,
+    logs, prints progress."""
     updates = [jax.tree.map(float, jax.device_get(m)) for m in pending.device]
     for m in updates:
         if not m["update/skipped"] and not math.isfinite(m["loss/total"]):

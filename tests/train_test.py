@@ -84,6 +84,12 @@ def test_the_tiny_run_writes_what_it_promises(reference_run):
     assert {c["step"] for c in completions} == {2, 4} and all("reason" in c for c in completions)
     assert len(jsonl(reference_run / "batches.jsonl")) == 4
     assert list((reference_run / "tb").iterdir())  # TensorBoard event files
+    assert summary["heldout"]["n"] == 4 and summary["heldout"]["accuracy"] == 0.0
+    evals = jsonl(reference_run / "eval.jsonl")
+    assert [e["step"] for e in evals] == [0] * 4 + [2] * 4 + [4] * 4
+    assert all(e["reward"] == 0.0 and e["reason"] for e in evals)
+    heldout = [r for r in jsonl(reference_run / "metrics.jsonl") if "heldout/accuracy" in r]
+    assert [r["step"] for r in heldout] == [0, 2, 4]
 
 
 def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, tmp_path):
@@ -151,7 +157,7 @@ def test_one_device_eight_devices_and_micro_batches_give_one_update(graded, tmp_
     for name, others in (("eight", {"mesh": MESH8}), ("micro", one | {"rl.micro_batches": 4})):
         other = flat(one_step(tmp_path / name, **others))
         assert max(np.abs(other[k] - single[k]).max() for k in single) <= 1e-4 * scale, name
-    first = jsonl(tmp_path / "one" / "metrics.jsonl")[0]
+    first = next(r for r in jsonl(tmp_path / "one" / "metrics.jsonl") if "loss/total" in r)
     assert first["update/skipped"] == 0 and 0 < first["reward/mean"] < 1
 
 

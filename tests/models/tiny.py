@@ -5,18 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fcrl.models.tiny import char_tokenizer, tiny_checkpoint  # noqa: F401 (re-exported)
+from fcrl.models.tiny import HF_CONFIG, char_tokenizer, tiny_checkpoint  # noqa: F401
 
-COMMON = {
-    "vocab_size": 96,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-6,
-}
+# The sizes of fcrl's tiny model, with a short context.
+SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+         "num_attention_heads", "num_key_value_heads", "rms_norm_eps")  # fmt: skip
+COMMON = {k: HF_CONFIG[k] for k in SIZES} | {"max_position_embeddings": 256}
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "factor": 8.0,
