@@ -72,7 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "micro_batches": 1,  # gradient accumulation within one update
         }
     )
-    config.rl.completion_budget = config.sampling.get_ref("max_new_tokens")  # not a second knob
     config.optim = ml_collections.ConfigDict(
         {
             "lr": 1e-6,  # [S]
@@ -101,6 +100,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.completions_every = 10  # sample completions into completions.jsonl
     config.completions_per_log = 8
     # Held-out: greedy on a fixed sample of the validation set every `every` steps (0: off).
-    config.eval = ml_collections.ConfigDict({"every": 50, "size": 64})
-    config.eval.max_new_tokens = config.sampling.get_ref("max_new_tokens")
+    config.eval = ml_collections.ConfigDict({"every": 50, "size": 64, "max_new_tokens": 128})
     return config

@@ -33,12 +33,20 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from fcrl import chat, checkpoint, metrics
+from configs import prepare as prepare_config
+from fcrl import chat, checkpoint, metrics, prepare
 from fcrl.data.pipeline import dataset, load_records
 from fcrl.models import load_hf
-from fcrl.rl.loss import token_logprobs
+from fcrl.models.gguf import default_model_dir
+from fcrl.models.tiny import tiny_checkpoint
+from fcrl.rl.rollout import (
+    make_batch,
+    mini_batches,
+    policy_logprobs,
+    rollout_metrics,
+    sequence_logprobs,
+)
 from fcrl.rl.train import (
-    Batch,
     check_optim,
     check_rl,
     init_opt_state,
@@ -60,11 +68,15 @@ class NonFiniteLoss(RuntimeError):
 # ---------------------------------------------------------------- config checks
 
 
+def rl_section(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The objective's settings as the train step takes them: `rl`, with Dr.GRPO's constant,
+    the generation budget, from `sampling` (so it is not a second knob)."""
+    budget = {"completion_budget": config.sampling.max_new_tokens}
+    return ml_collections.FrozenConfigDict(config.rl.to_dict() | budget)
+
+
 def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     """Raises ValueError naming the first bad field; returns the rollout sampling."""
-    check_rl(config.rl)
-    check_optim(config.optim)
-    Options(fmt=config.data.fmt, shape=config.reward.shape)
     if config.data.fmt not in chat.FORMATS:
         raise ValueError(f"data.fmt: unknown {config.data.fmt!r}; expected one of {chat.FORMATS}")
     if config.old_logprobs not in OLD_LOGPROBS:
@@ -81,6 +93,11 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     for field, value in positive.items():
         if value < 1:
             raise ValueError(f"{field}: must be ≥ 1, got {value}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype: expected float32 or bfloat16, got {config.model.dtype!r}")
+    check_rl(rl_section(config))
+    check_optim(config.optim)
+    Options(fmt=config.data.fmt, shape=config.reward.shape)
     for field, value in {
         "completions_every": config.completions_every,
         "eval.every": config.eval.every,
@@ -114,60 +131,6 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     )
 
 
-# ---------------------------------------------------------------- host-side batch building
-
-
-def think_mask(tokens_BN: np.ndarray, lengths_B: np.ndarray, pieces: list[bytes]) -> np.ndarray:
-    """[B, N] True on completion tokens whose bytes fall between `<think>` and `</think>` (to
-    the end of the completion when it never closes); all False without a `<think>`."""
-    out = np.zeros(tokens_BN.shape, bool)
-    for row, (ids, n) in enumerate(zip(tokens_BN, lengths_B, strict=True)):
-        parts = [pieces[i] for i in ids[:n]]
-        text = b"".join(parts)
-        opened = text.find(b"<think>")
-        if opened < 0:
-            continue
-        start = opened + len(b"<think>")
-        end = text.find(b"</think>", start)
-        end = len(text) if end < 0 else end
-        offsets = np.cumsum([0] + [len(p) for p in parts])
-        sizes = np.diff(offsets)
-        out[row, :n] = (sizes > 0) & (offsets[:-1] < end) & (offsets[1:] > start)
-    return out
-
-
-def make_batch(rollouts: Rollouts, rewards_B: np.ndarray, pieces: list[bytes]) -> Batch:
-    """Prompt (left-padded) then completion (right-padded) per row, the sampler's log-probs
-    and entropies at the completion's columns; reference log-probs zero until computed."""
-    prompt_BS, n = rollouts.prompt_BS, rollouts.tokens_BN.shape[1]
-    completion_BN = np.arange(n)[None] < rollouts.lengths_B[:, None]
-    no_BS = np.zeros(prompt_BS.shape, bool)
-
-    def widen(x_BN: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.zeros(prompt_BS.shape, x_BN.dtype), x_BN], axis=1)
-
-    return Batch(
-        tokens_BT=np.concatenate([prompt_BS, rollouts.tokens_BN], axis=1),
-        mask_BT=np.concatenate([rollouts.prompt_mask_BS, completion_BN], axis=1),
-        completion_BT=np.concatenate([no_BS, completion_BN], axis=1),
-        think_BT=np.concatenate(
-            [no_BS, think_mask(rollouts.tokens_BN, rollouts.lengths_B, pieces)], axis=1
-        ),  # fmt: skip
-        old_logp_BT=widen(rollouts.logprobs_BN),
-        old_entropy_BT=widen(rollouts.entropies_BN),
-        ref_logp_BT=widen(np.zeros_like(rollouts.logprobs_BN)),
-        rewards_B=rewards_B.astype(np.float32),
-    )
-
-
-def sequence_logprobs(
-    graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array, mask_BT: jax.Array,
-    *, temperature: float, chunk: int,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """The training graph's log-probs and entropies of a batch (old or reference policy)."""
-    return token_logprobs(nnx.merge(graphdef, params), tokens_BT, mask_BT, temperature, chunk)
-
-
 # ---------------------------------------------------------------- the run's inputs
 
 
@@ -187,13 +150,9 @@ def git_commit() -> str:
 def model_folder(path: str, workdir: pathlib.Path) -> pathlib.Path:
     """The HF folder of `model.path`: a folder, "" (the embedded SmolLM2) or "tiny"."""
     if path == "tiny":
-        from fcrl.models.tiny import tiny_checkpoint
-
         folder = workdir / "tiny_model"
         return folder if (folder / "config.json").is_file() else tiny_checkpoint(folder)
     if not path:
-        from fcrl.models.gguf import default_model_dir
-
         return default_model_dir()
     folder = pathlib.Path(path)
     if not (folder / "config.json").is_file():
@@ -207,10 +166,7 @@ def data_files(data: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[
         return data.train, data.val
     out = workdir / "data"
     if not (out / "summary.json").is_file():
-        from configs.prepare import get_config as prepare_config
-        from fcrl import prepare
-
-        config = prepare_config()
+        config = prepare_config.get_config()
         config.update(out=str(out), num_generated=data.num_generated)
         prepare.run(config)
     pick = {"generated"}
@@ -264,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
         )
         + "\n"  # fmt: skip
     )
-    rl = ml_collections.FrozenConfigDict(config.rl)
+    rl = rl_section(config)
     g, p = config.rl.group_size, config.prompts_per_step
 
     # ------------------------------------------------------------ mesh
@@ -337,7 +293,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
         _, state, meta = restored
         logging.info("resumed from step %d (params %s)", meta["step"], meta["params_sha256"])
     params, opt_state = state["params"], state["opt_state"]
-    rng = jax.random.wrap_key_data(state["rng"])
+    rng = jax.random.wrap_key_data(np.asarray(state["rng"]))  # uncommitted: any mesh
     start = meta["step"]
 
     # ------------------------------------------------------------ loop
@@ -379,13 +335,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                 pending = Pending(step, device, host, t3)
                 log_samples(writer, step, records, rollouts, rewards_B, reasons_B, config)
                 writer.log("batches.jsonl", step, {"ids": [r.get("id") for r in records]})
-                if config.eval.every and (step % config.eval.every == 0 or step == config.steps):
-                    meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, step)
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    jax.block_until_ready(params)
+                evaluating = config.eval.every and (
+                    step % config.eval.every == 0 or step == config.steps
+                )
+                if evaluating or step % config.checkpoint_every == 0 or step == config.steps:
+                    jax.block_until_ready(params)  # the update's time, then its metrics
                     pending.host["time/update"] = time.perf_counter() - pending.dispatched
                     meta = flush(pending, meta, writer, clock, config)
                     pending = None
+                if evaluating:
+                    meta["heldout"] = evaluate(eval_sampler, params, heldout, config, writer, step)
+                if step % config.checkpoint_every == 0 or step == config.steps:
                     meta = save(mngr, step, params, opt_state, rng, iterator, meta, writer)
         finally:
             writer.close()
@@ -393,60 +353,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                "skipped_updates": meta["skipped_updates"], "heldout": meta["heldout"],
                "workdir": str(workdir)}  # fmt: skip
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # ends the progress line
     return summary
-
-
-def policy_logprobs(batch: Batch, params, ref_params, logprobs, config) -> tuple[Batch, dict]:
-    """The batch with the training graph's old log-probs and entropies (old_logprobs =
-    "recompute", logging their gap to the sampler's) and the reference's (when β > 0)."""
-    gaps = {}
-    if config.old_logprobs == "recompute":
-        logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT)
-        gap_BT = np.abs(np.asarray(logp_BT) - np.asarray(batch.old_logp_BT))
-        on_BT = np.asarray(batch.completion_BT)
-        gaps = {"sampler/logp_gap_max": float(gap_BT[on_BT].max()),
-                "sampler/logp_gap_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
-        batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
-    if ref_params is not None:
-        batch = batch.replace(ref_logp_BT=logprobs(ref_params, batch.tokens_BT, batch.mask_BT)[0])
-    return jax.block_until_ready(batch), gaps
-
-
-def mini_batches(batch: Batch, updates: ml_collections.ConfigDict):
-    """The optimizer updates of one rollout batch: `epochs` passes over `mini_batches`
-    consecutive slices of whole groups, in a fixed order."""
-    rows = batch.rewards_B.shape[0] // updates.mini_batches
-    for _ in range(updates.epochs):
-        for k in range(updates.mini_batches):
-            if updates.mini_batches == 1:
-                yield batch
-            else:
-                yield jax.tree.map(lambda x, k=k: x[k * rows : (k + 1) * rows], batch)
-
-
-def rollout_metrics(
-    rollouts: Rollouts, rewards_B: np.ndarray, reasons_B: np.ndarray, batch: Batch,
-    rollout_s: float, reward_s: float,
-) -> dict[str, float]:  # fmt: skip
-    """What the host knows of a step right away: rewards, reasons, lengths, times."""
-    lengths_B = rollouts.lengths_B
-    think_B = np.asarray(batch.think_BT).sum(axis=1)
-    out = {
-        "reward/mean": float(rewards_B.mean()),
-        "rollout/length_mean": float(lengths_B.mean()),
-        "rollout/length_max": float(lengths_B.max()),
-        "rollout/think_length_mean": float(think_B.mean()),
-        "rollout/tokens_per_s": float(lengths_B.sum() / rollout_s),
-        "time/rollout": rollout_s,
-        "time/reward": reward_s,
-    }
-    for code, name in enumerate(FINISH[1:], 1):
-        out[f"rollout/finish_{name}"] = float(np.mean(rollouts.finish_B == code))
-    for reason in REASONS:
-        if reason != "ok":
-            out[f"reward/zero_{reason}"] = float(np.mean(reasons_B == reason))
-    return out
 
 
 class Clock:
@@ -474,8 +383,10 @@ def flush(pending: Pending, meta: dict, writer: metrics.Writer, clock: Clock, co
                 f"(step {meta['step']}) is intact"
             )
     skipped = sum(m["update/skipped"] for m in updates)
+    # A skipped update has no loss, gradient or ratios (NaN): only what came before it.
     done = [m for m in updates if not m["update/skipped"]] or updates
     row = {k: float(np.mean([m[k] for m in done])) for k in done[0] if k != "update/skipped"}
+    row = {k: v for k, v in row.items() if math.isfinite(v)}
     row |= pending.host | {"update/skipped": skipped, "update/count": len(updates)}
     row["time/step"] = sum(v for k, v in pending.host.items() if k.startswith("time/"))
     row["train/steps_per_s"] = clock.rate(pending.step)
@@ -521,6 +432,7 @@ def save(mngr, step: int, params, opt_state, rng, iterator, meta: dict, writer) 
 def evaluate(sampler: Sampler, params, items: list[dict], config, writer, step: int) -> dict:
     """Greedy accuracy on the fixed held-out sample, its standard error, and the reasons of
     the zeros (fractions of all items); every output goes to eval.jsonl."""
+    t0 = time.perf_counter()
     rewards, reasons = [], []
     for i in range(0, len(items), 8):
         chunk = items[i : i + 8]
@@ -537,7 +449,8 @@ def evaluate(sampler: Sampler, params, items: list[dict], config, writer, step: 
            "stderr": math.sqrt(accuracy * (1 - accuracy) / max(n - 1, 1))}  # fmt: skip
     zeros = {f"heldout/zero_{k}": float(np.mean(np.asarray(reasons) == k)) for k in REASONS
              if k != "ok" and k in reasons}  # fmt: skip
-    writer.scalars(step, {f"heldout/{k}": float(v) for k, v in out.items()} | zeros)
+    seconds = {"time/eval": time.perf_counter() - t0}
+    writer.scalars(step, {f"heldout/{k}": float(v) for k, v in out.items()} | zeros | seconds)
     return out
 
 
@@ -546,6 +459,12 @@ def evaluate(sampler: Sampler, params, items: list[dict], config, writer, step: 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flags, with a bad flag, config file or override as one line and exit code 2."""
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            name = argv[i + 1]
+        if name is not None and not pathlib.Path(name).is_file():
+            sys.exit(_fail(f"--config: no such config file {name}"))
     try:
         return flags.FLAGS(argv)
     except (flags.Error, OSError, ValueError, TypeError) as e:
@@ -569,7 +488,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         summary = run(config, config.workdir)
-    except (OSError, ValueError, KeyError, NonFiniteLoss) as e:  # they name the file or field
+    except (OSError, ValueError, NonFiniteLoss) as e:  # they name the file or field
         sys.exit(_fail(str(e).splitlines()[0] if str(e) else type(e).__name__))
     print(json.dumps(summary))
 

@@ -5,10 +5,10 @@ micro-batches; bad configs and inputs end in one line with exit code 2."""
 import json
 import os
 import pathlib
-import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -20,8 +20,6 @@ from configs import tiny
 from fcrl import checkpoint
 from fcrl import train as train_lib
 from fcrl.models import load_hf
-from fcrl.models.tiny import char_tokenizer
-from fcrl.sampler import token_pieces
 from fcrl.sharding import path_str
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -92,25 +90,43 @@ def test_the_tiny_run_writes_what_it_promises(reference_run):
     assert [r["step"] for r in heldout] == [0, 2, 4]
 
 
-def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, tmp_path):
-    """Killed at a random moment after its first step (before, during or after the checkpoint
-    of step 2), then started again with the same command: same final parameters, same records
-    in the same order."""
-    command = [*COMMAND, f"--config.workdir={tmp_path}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_until(command: list[str], env: dict, stop) -> None:
+    """Runs the command and SIGKILLs it as soon as stop(stderr lines so far) is true (or lets
+    it finish)."""
     process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "step 1/4" in line:
-            break
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 6.0))
+    lines = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    while process.poll() is None and not stop(lines):
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    keep = ("time/", "rollout/tokens_per_s", "train/steps_per_s")
+    return [{k: v for k, v in r.items() if not k.startswith(keep)} for r in rows]
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, tmp_path):
+    """Killed the moment the checkpoint of step 2 starts to appear (mid-write, or just after),
+    then again while step 3 runs, then started a third time with the same command: the same
+    final parameters as the uninterrupted run, the same records in the same order, and the same
+    logs (times aside)."""
+    command = [*COMMAND, f"--config.workdir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ckpts = tmp_path / "checkpoints"
+    run_until(command, env, lambda _: ckpts.is_dir() and any(ckpts.iterdir()))
+    run_until(command, env, lambda lines: any("step 3/4" in line for line in lines))
+    assert (ckpts / "2").is_dir()  # the third run resumes from step 2
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step 2" in done.stderr
     got = json.loads((tmp_path / "summary.json").read_text())
     want = json.loads((reference_run / "summary.json").read_text())
     assert (got["step"], got["params_sha256"]) == (want["step"], want["params_sha256"])
-    assert jsonl(tmp_path / "batches.jsonl") == jsonl(reference_run / "batches.jsonl")
+    for name in ("batches.jsonl", "completions.jsonl", "eval.jsonl", "metrics.jsonl"):
+        a, b = (without_times(jsonl(d / name)) for d in (tmp_path, reference_run))
+        assert a == b, name
 
 
 def fake_rewards(texts, ground_truths, tools, fmt, shape="binary"):
@@ -164,12 +180,23 @@ def test_one_device_eight_devices_and_micro_batches_give_one_update(graded, tmp_
 def test_all_uniform_groups_skip_the_update(tmp_path):
     """A random model earns no reward: with uniform groups masked, nothing moves (no AdamW
     momentum or weight decay on a zero gradient), and the skipped updates are counted."""
-    config = tiny_config(steps=2, checkpoint_every=1, mesh=MESH8, **{"rl.uniform_groups": "mask"})
-    train_lib.run(config, tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    config = tiny_config(steps=2, mesh=MESH8, **{"rl.uniform_groups": "mask"})
+    summary = train_lib.run(config, tmp_path)
     assert summary["skipped_updates"] == 2
-    first, last = (checkpoint.read_state(tmp_path / "checkpoints" / s)["params"] for s in "12")
-    assert checkpoint.fingerprint(first) == checkpoint.fingerprint(last)
+    rows = [r for r in jsonl(tmp_path / "metrics.jsonl") if "update/skipped" in r]
+    assert [(r["reward/mean"], r["update/skipped"]) for r in rows] == [(0.0, 1.0), (0.0, 1.0)]
+    assert "loss/total" not in rows[0]  # a skipped update has no loss to log
+    initial = nnx.state(load_hf(tmp_path / "tiny_model"))
+    assert summary["params_sha256"] == checkpoint.fingerprint(initial)
+
+
+def test_mini_batches_on_a_mesh(graded, tmp_path):
+    """Two optimizer updates per rollout batch (two mini-batches of whole groups), each placed
+    on the 8-device mesh like the batch."""
+    one_step(tmp_path, mesh=MESH8, **{"updates.mini_batches": 2})
+    (row,) = [r for r in jsonl(tmp_path / "metrics.jsonl") if "update/count" in r]
+    # Each mini-batch is one group of 4 here; a group whose fake rewards are uniform skips.
+    assert row["update/count"] == 2 and row["update/skipped"] < 2 and "loss/total" in row
 
 
 def test_a_non_finite_loss_stops_the_run_with_the_last_checkpoint_intact(tmp_path):
@@ -183,21 +210,6 @@ def test_a_non_finite_loss_stops_the_run_with_the_last_checkpoint_intact(tmp_pat
     assert checkpoint.read_state(tmp_path / "checkpoints" / "1")["params"]
 
 
-def test_think_mask_follows_the_bytes():
-    tokenizer = char_tokenizer()
-    pieces = token_pieces(tokenizer, 96)
-    texts = ["<think>ab</think><answer>[]</answer>", "no think here", "<think>open"]
-    ids = [tokenizer(t)["input_ids"] for t in texts]
-    n = max(map(len, ids))
-    tokens = np.zeros((3, n), np.int32)
-    for row, x in enumerate(ids):
-        tokens[row, : len(x)] = x
-    mask = train_lib.think_mask(tokens, np.asarray([len(x) for x in ids]), pieces)
-    assert "".join(texts[0][i] for i in np.flatnonzero(mask[0])) == "ab"
-    assert not mask[1].any()
-    assert "".join(texts[2][i] for i in np.flatnonzero(mask[2])) == "open"
-
-
 BAD = [
     (["--config.nope=1"], "config.nope"),
     (["--config.steps=abc"], "steps"),
@@ -205,7 +217,12 @@ BAD = [
     (["--config.updates.mini_batches=3"], "updates.mini_batches"),
     (["--config.data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
     (["--config.model.path=/nonexistent/model"], "model.path"),
+    (["--config.model.dtype=float8"], "model.dtype"),
+    (["--config.steps=0"], "steps"),
 ]
+
+
+BAD.append((["--config=configs/nonexistent.py"], "configs/nonexistent.py"))
 
 
 @pytest.mark.parametrize("args, named", BAD, ids=[b[1] for b in BAD])

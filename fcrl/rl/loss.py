@@ -152,7 +152,7 @@ def policy_loss(
     )
 
     def mean_sum(values_BT: jax.Array) -> jax.Array:
-        return aggregate(values_BT, weight_BT, rl.aggregation, rl.completion_budget)[0]
+        return aggregate(values_BT, weight_BT, rl.aggregation, rl.get("completion_budget", 0))[0]
 
     pg_BT = ppo_clip(logp_BT, old_logp_BT, adv_BT, rl.eps_low, rl.eps_high, rl.dual_clip)
     sums = {"pg": mean_sum(pg_BT)}

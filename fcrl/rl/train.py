@@ -68,8 +68,8 @@ def check_rl(rl: ml_collections.ConfigDict) -> None:
             ("micro_batches", rl.micro_batches >= 1, "must be ≥ 1"),
             (
                 "completion_budget",
-                rl.completion_budget >= 1 or rl.aggregation != "dr_grpo",
-                "must be ≥ 1 (the maximum completion length) with aggregation dr_grpo",
+                rl.get("completion_budget", 0) >= 1 or rl.aggregation != "dr_grpo",
+                "must be ≥ 1 (the generation budget) with aggregation dr_grpo",
             ),
         ],
     )
@@ -155,7 +155,8 @@ def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array,
         )
         weight_BT = weight_BT * ~uniform_B[:, None]
     zeros_BT = jnp.zeros_like(weight_BT)
-    count = jnp.maximum(aggregate(zeros_BT, weight_BT, rl.aggregation, rl.completion_budget)[1], 1)
+    budget = rl.get("completion_budget", 0)
+    count = jnp.maximum(aggregate(zeros_BT, weight_BT, rl.aggregation, budget)[1], 1)
     return adv_BT, weight_BT, count, metrics
 
 
@@ -232,8 +233,8 @@ def train_step(
         return optax.apply_updates(params, updates), opt_state, out
 
     def unchanged(params: nnx.State, opt_state: optax.OptState):
-        out = jax.eval_shape(update, params, opt_state)[2]
-        return params, opt_state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+        out = jax.eval_shape(update, params, opt_state)[2]  # no loss, gradient or ratios: NaN
+        return params, opt_state, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), out)
 
     params, opt_state, out = jax.lax.cond(skip, unchanged, update, params, opt_state)
     return params, opt_state, metrics | out | {"update/skipped": skip.astype(jnp.float32)}

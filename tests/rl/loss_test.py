@@ -35,7 +35,8 @@ def inputs(seed: int = 0, b: int = 4, t: int = 12):
 
 def config(**overrides):
     rl = get_config().rl
-    rl.update({"kl_coef": 0.1, **overrides})
+    # The trainer sets completion_budget from sampling.max_new_tokens: here not the width (12).
+    rl.update({"kl_coef": 0.1, "completion_budget": 128, **overrides})
     return rl
 
 

@@ -28,7 +28,7 @@ STEP = jax.jit(
 
 def rl_config(**overrides) -> ml_collections.FrozenConfigDict:
     config = get_config(f"group_size={G}")
-    config.rl.update({"logprob_chunk": 7, **overrides})
+    config.rl.update({"logprob_chunk": 7, "completion_budget": 16, **overrides})
     return ml_collections.FrozenConfigDict(config.rl)
 
 
