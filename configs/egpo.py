@@ -5,7 +5,7 @@
 Every RL config has these sections: model, mesh, data, sampling, reward, rl, optim, old_logprobs,
 updates (per rollout batch), cadences and seed. `get_config("bonus=none")` is plain
 GRPO, the baseline of every comparison. One step is P = prompts_per_step prompts × G rollouts;
-on 2 CPU cores a step of 1 × 8 × 128 tokens takes about a minute (README, "The RL loop").
+on 2 CPU cores a step of 1 × 8 × 128 tokens takes about 80 s (README, "Results").
 Marks: [S] a third-party reading of the paper, [D] our choice.
 """
 

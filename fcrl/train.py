@@ -23,6 +23,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -489,7 +490,12 @@ def main(argv: list[str]) -> None:
     try:
         summary = run(config, config.workdir)
     except (OSError, ValueError, NonFiniteLoss) as e:  # they name the file or field
-        sys.exit(_fail(str(e).splitlines()[0] if str(e) else type(e).__name__))
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        workdir = pathlib.Path(config.workdir)
+        if workdir.is_dir():  # the whole story, for when the line is not enough
+            (workdir / "error.txt").write_text(traceback.format_exc())
+            message += f" (traceback in {workdir / 'error.txt'})"
+        sys.exit(_fail(message))
     print(json.dumps(summary))
 
 
