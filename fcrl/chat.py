@@ -19,8 +19,7 @@ from flax import nnx
 
 from fcrl.models import load_hf
 from fcrl.sampler import Sampler, SamplingConfig
-
-FORMATS = ("think_answer", "bfcl", "tool_call")
+from fcrl.verifier import FORMATS  # a prompt format for each answer format
 
 _TASK = (
     "You are an expert in composing functions. You are given a question and a set of possible "

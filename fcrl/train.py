@@ -170,8 +170,7 @@ def data_files(data: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[
         config = prepare_config.get_config()
         config.update(out=str(out), num_generated=data.num_generated)
         prepare.run(config)
-    pick = {"generated"}
-    return tuple(str(out / f"{name}.jsonl") if f in pick else f
+    return tuple(str(out / f"{name}.jsonl") if f == "generated" else f
                  for name, f in (("train", data.train), ("val", data.val)))  # fmt: skip
 
 
@@ -274,15 +273,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
         out_shardings=out_shardings,
         donate_argnames=("params", "opt_state"),
     )
-    logprobs = jax.jit(
-        functools.partial(
-            sequence_logprobs,
-            graphdef,
-            temperature=config.rl.temperature,
-            chunk=config.rl.logprob_chunk,
-        ),  # fmt: skip
-        out_shardings=rows,
-    )
+    both = functools.partial(sequence_logprobs, graphdef, temperature=config.rl.temperature,
+                             chunk=config.rl.logprob_chunk)  # fmt: skip
+    logprobs = jax.jit(both, out_shardings=rows)  # old policy: log-probs and entropies
+    ref_logprobs = jax.jit(lambda *args: both(*args)[0], out_shardings=rows)  # no entropies
 
     # ------------------------------------------------------------ restore
     mngr = checkpoint.manager(workdir / "checkpoints", config.keep_checkpoints)
@@ -321,10 +315,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                     config.data.fmt,
                     shape=config.reward.shape,
                 )
-                batch = jax.device_put(make_batch(rollouts, rewards_B, pieces), rows)
+                host_batch = make_batch(rollouts, rewards_B, pieces)
+                batch = jax.device_put(host_batch, rows)
                 t2 = time.perf_counter()
-                host = rollout_metrics(rollouts, rewards_B, reasons_B, batch, t1 - t0, t2 - t1)
-                batch, gaps = policy_logprobs(batch, params, ref_params, logprobs, config)
+                host = rollout_metrics(rollouts, rewards_B, reasons_B, host_batch, t1 - t0, t2 - t1)
+                batch, gaps = policy_logprobs(
+                    batch, params, ref_params, logprobs, ref_logprobs, config
+                )
                 host |= gaps | {"time/logprobs": time.perf_counter() - t2}
                 t3 = time.perf_counter()
                 device = []

@@ -64,9 +64,12 @@ def sequence_logprobs(
     return token_logprobs(nnx.merge(graphdef, params), tokens_BT, mask_BT, temperature, chunk)
 
 
-def policy_logprobs(batch: Batch, params, ref_params, logprobs, config) -> tuple[Batch, dict]:
+def policy_logprobs(
+    batch: Batch, params, ref_params, logprobs, ref_logprobs, config
+) -> tuple[Batch, dict]:
     """The batch with the training graph's old log-probs and entropies (old_logprobs =
-    "recompute", logging their gap to the sampler's) and the reference's (when β > 0)."""
+    "recompute", logging their gap to the sampler's; `logprobs`) and the reference's log-probs
+    (when β > 0; `ref_logprobs`, which computes no entropies)."""
     gaps = {}
     if config.old_logprobs == "recompute":
         logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT)
@@ -76,7 +79,7 @@ def policy_logprobs(batch: Batch, params, ref_params, logprobs, config) -> tuple
                 "sampler/logp_diff_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
         batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
     if ref_params is not None:
-        batch = batch.replace(ref_logp_BT=logprobs(ref_params, batch.tokens_BT, batch.mask_BT)[0])
+        batch = batch.replace(ref_logp_BT=ref_logprobs(ref_params, batch.tokens_BT, batch.mask_BT))
     return jax.block_until_ready(batch), gaps
 
 
