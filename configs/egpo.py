@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "train": "generated",  # a prepared train.jsonl, or "generated": the embedded set,
             "val": "generated",  # prepared by fcrl.prepare into WORKDIR/data
             "num_generated": 5000,
+            "distractors": 3,  # generated: other tools offered beside the asked ones
+            "max_calls": 3,  # generated: the most calls of a parallel task
             "fmt": "think_answer",  # the prompt and answer format (fcrl.chat.FORMATS)
+            "docs": "json",  # the function docs: json (BFCL's prompt mode) | compact
         }
     )
     config.sampling = ml_collections.ConfigDict(
@@ -84,6 +87,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "grad_clip": 1.0,  # global norm; 0: off [D]
         }
     )
+    # SFT warm start (fcrl.sft) before RL, into WORKDIR/sft; 0 steps: none [D]
+    config.sft = ml_collections.ConfigDict(
+        {
+            "steps": 0,
+            "batch_size": 8,  # (prompt, target) pairs per update
+            "max_len": 512,  # tokens of prompt + target; longer pairs are skipped
+            "optim": {"lr": 1e-5, "schedule": "constant", "warmup_steps": 0, "b1": 0.9,
+                      "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0},
+        }
+    )  # fmt: skip
+    config.sft.optim.total_steps = config.sft.get_ref("steps")
     config.old_logprobs = "sampler"  # sampler: the rollout's own | recompute: training graph
     config.updates = ml_collections.ConfigDict(
         {
@@ -100,5 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.completions_every = 10  # sample completions into completions.jsonl
     config.completions_per_log = 8
     # Held-out: greedy on a fixed sample of the validation set every `every` steps (0: off).
-    config.eval = ml_collections.ConfigDict({"every": 50, "size": 64, "max_new_tokens": 128})
+    config.eval = ml_collections.ConfigDict(
+        {"every": 50, "size": 64, "max_new_tokens": 128, "batch_size": 32}
+    )
     return config

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "keep_unjudged": True,  # keep records whose verdict does not parse
             "val_fraction": 0.05,
             "num_generated": 5000,
+            "distractors": 3,  # generated: other tools offered beside the asked ones
+            "max_calls": 3,  # generated: the most calls a parallel task asks for
             "seed": 0,
         }
     )

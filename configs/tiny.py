@@ -2,9 +2,10 @@
 
   python -m fcrl.train --config configs/tiny.py --config.workdir=/tmp/tiny
 
-runs 4 steps of 1 prompt × 4 rollouts × 32 new tokens of the embedded generated tasks, with a
-checkpoint and a greedy held-out evaluation of 4 items at steps 2 and 4 (and one before the
-first step), in about 40 s on 2 CPU cores: ~20 s of start-up and compiling, then ~2.5 s a step.
+runs 4 steps of 1 prompt × 4 rollouts × 32 new tokens of the embedded generated tasks (compact
+function docs), with a checkpoint and a greedy held-out evaluation of 4 items at steps 2 and 4
+(and one before the first step), in about 40 s on 2 CPU cores: ~20 s of start-up and
+compiling, then ~2.5 s a step. `--config.sft.steps=N` puts an SFT phase first.
 A random model earns no reward, so `rl.uniform_groups=keep` and a small entropy term make its
 updates move the weights: the loop, its checkpoints and its resume are exercised for real. The
 tests run this config.
@@ -22,9 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.path = "tiny"
     config.data.num_generated = 400
     config.sampling.max_new_tokens = 32
-    # One character a token, so prompts run to ~2,000 tokens: one bucket compiles once, and the
-    # longest 10% of the prompts are skipped (listed in WORKDIR/skipped.jsonl).
-    config.sampling.buckets = (2048,)
+    # One character a token, so prompts run to ~800 tokens: one bucket compiles once, and the
+    # few longer prompts are skipped (listed in WORKDIR/skipped.jsonl).
+    config.data.docs = "compact"
+    config.sampling.buckets = (768,)
+    config.sft.max_len = 1280
     config.rl.uniform_groups = "keep"
     config.rl.entropy_coef = 0.01
     config.optim.lr = 1e-3

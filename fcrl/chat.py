@@ -45,10 +45,35 @@ _ANSWER = {
 }
 
 
-def system_prompt(tools: Sequence[dict], fmt: str = "think_answer") -> str:
-    """The instruction for `fmt`, with the function docs unless the template renders them."""
+DOCS = ("json", "compact")  # how the system instruction lists the functions
+_COMPACT = (
+    "Answer with calls of the functions below: <think>which function fits and which values the "
+    "question gives</think><answer>[func(param=value), ...]</answer>, or <answer>[]</answer> if "
+    "none fits.\nFunctions:"
+)
+
+
+def compact_doc(tool: dict) -> str:
+    """One line per function: `name(param: type, opt: type = None): description`, enums as
+    their values; parameter descriptions are left out (a third of the tokens of JSON docs)."""
+    schema = tool.get("parameters") or {}
+    required = set(schema.get("required", ()))
+    args = []
+    for name, prop in (schema.get("properties") or {}).items():
+        kind = "|".join(map(repr, prop["enum"])) if "enum" in prop else prop.get("type", "any")
+        args.append(f"{name}: {kind}" + ("" if name in required else " = None"))
+    return f"{tool['name']}({', '.join(args)}): {tool.get('description', '')}".rstrip(": ")
+
+
+def system_prompt(tools: Sequence[dict], fmt: str = "think_answer", docs: str = "json") -> str:
+    """The instruction for `fmt`, with the function docs unless the template renders them:
+    BFCL's prompt-mode JSON, or (think_answer only) a short instruction and one line each."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt: unknown prompt format {fmt!r}; expected one of {FORMATS}")
+    if docs not in DOCS or (docs == "compact" and fmt != "think_answer"):
+        raise ValueError(f"docs: {docs!r} is not one of {DOCS} (compact: think_answer only)")
+    if docs == "compact":
+        return "\n".join([_COMPACT, *(f"- {compact_doc(t)}" for t in tools)])
     text = f"{_TASK}\n{_ANSWER[fmt]}"
     if fmt != "tool_call":
         text += "\nHere is a list of functions in JSON format that you can invoke:\n"
@@ -67,6 +92,7 @@ def render(
     messages: Sequence[dict],
     tools: Sequence[dict] | None = None,
     fmt: str = "think_answer",
+    docs: str = "json",
 ) -> list[int]:
     """Token ids of the conversation, ending with the assistant header. With `tools`, the
     method's instruction comes first in the system message (before any system text of the
@@ -82,7 +108,7 @@ def render(
                 )
             kwargs["tools"] = [t if "function" in t else {"type": "function", "function": t}
                                for t in tools]  # fmt: skip
-        system = system_prompt(tools, fmt)
+        system = system_prompt(tools, fmt, docs)
         if messages and messages[0].get("role") == "system":
             system += "\n\n" + messages.pop(0)["content"]
         messages.insert(0, {"role": "system", "content": system})

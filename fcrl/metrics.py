@@ -7,6 +7,7 @@ purges the later events), so the files read as one uninterrupted run.
 """
 
 import json
+import math
 import os
 import pathlib
 
@@ -57,3 +58,41 @@ class Writer:
         for f in self.files.values():
             f.close()
         self.tb.close()
+
+
+# (title, metrics.jsonl key) of each panel of curves.png
+CURVES = (
+    ("training reward", "reward/mean"),
+    ("held-out accuracy (greedy)", "heldout/accuracy"),
+    ("entropy of the <think> span", "rollout/think_entropy"),
+    ("KL to the reference", "kl/mean"),
+    ("completion length (tokens)", "rollout/length_mean"),
+    ("<think> length (tokens)", "rollout/think_length_mean"),
+)
+
+
+def plot(workdir: pathlib.Path) -> pathlib.Path:
+    """WORKDIR/curves.png: the CURVES of metrics.jsonl against the step (a panel whose metric
+    was never logged says so)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
+    for ax, (title, key) in zip(axes.flat, CURVES, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    out = workdir / "curves.png"
+    fig.savefig(out.with_suffix(".tmp.png"), dpi=90)
+    plt.close(fig)
+    os.replace(out.with_suffix(".tmp.png"), out)
+    return out

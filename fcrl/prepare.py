@@ -44,7 +44,7 @@ def input_path(config: ml_collections.ConfigDict, out: pathlib.Path) -> pathlib.
     if config.input != "generated":
         return pathlib.Path(config.input)
     path = out / "generated.jsonl"
-    items = synth.generate(config.num_generated, config.seed)
+    items = synth.generate(config.num_generated, config.seed, config.distractors, config.max_calls)
     write_jsonl(path, [{k: v for k, v in item.items() if k != "kind"} for item in items])
     return path
 

@@ -31,7 +31,9 @@ from fcrl.models import Decoder
 from fcrl.models.decoder import rope_frequencies
 from fcrl.sharding import constrain
 
-FINISH = ("running", "eos", "stop", "length")  # finish codes of `Rollouts.finish_B`
+# Finish codes of `Rollouts.finish_B`; "format": the text can no longer open with
+# `SamplingConfig.require_prefix`.
+FINISH = ("running", "eos", "stop", "length", "format")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,9 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text and kept in it
     buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)  # padded prompt lengths
     cache_dtype: str | None = None  # KV cache dtype; None = the model's compute dtype
+    # Finish a row as soon as its text, leading whitespace aside, cannot open with this (e.g.
+    # "<think>" where the verdict of any other opening is already no_think); "" = off.
+    require_prefix: str = ""
 
     def __post_init__(self) -> None:
         checks = {
@@ -84,6 +89,7 @@ class DecodeState:
     lengths_B: jax.Array  # completion length once finished, else 0
     finish_B: jax.Array  # index into FINISH
     stop_state_B: jax.Array  # state of the stop-string automaton
+    prefix_state_B: jax.Array  # state of the required-prefix automaton
     keys_B: jax.Array  # one PRNG key per row
     k_LBKNE: jax.Array  # generated cache, kv-head major
     v_LBKNE: jax.Array
@@ -188,9 +194,22 @@ def byte_automaton(stops: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return delta, accept_S
 
 
-def stop_table(pieces: Sequence[bytes], stops: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The automaton lifted to tokens: next state [states, V] after each id's bytes; accepting."""
-    delta, accept_S = byte_automaton([s.encode() for s in stops])
+def prefix_automaton(prefix: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Whether a text opens with `prefix` once leading whitespace is stripped (str.strip):
+    next state [P + 2, 256] (i ≤ P: i bytes matched, P absorbs; P + 1: it cannot, absorbs),
+    and that failed state. A non-ASCII byte before the prefix passes (it may be Unicode
+    whitespace)."""
+    p = len(prefix)
+    delta = np.full((p + 2, 256), p + 1, np.int32)
+    delta[p], delta[0, 128:] = p, p
+    delta[0, [b for b in range(128) if chr(b).isspace()]] = 0
+    for i, byte in enumerate(prefix):
+        delta[i, byte] = i + 1
+    return delta, np.arange(p + 2) == p + 1
+
+
+def token_table(pieces: Sequence[bytes], delta: np.ndarray) -> np.ndarray:
+    """A byte automaton lifted to tokens: next state [states, V] after each id's bytes."""
     lengths = np.asarray([len(p) for p in pieces])
     order = np.argsort(-lengths, kind="stable")  # ids by length: byte j's ids are a prefix
     bytes_VW = np.zeros((len(pieces), max(lengths.max(), 1)), np.uint8)
@@ -202,7 +221,13 @@ def stop_table(pieces: Sequence[bytes], stops: Sequence[str]) -> tuple[np.ndarra
         state_SV[:, :n] = delta[state_SV[:, :n], bytes_VW[None, :n, j]]
     table_SV = np.empty_like(state_SV)
     table_SV[:, order] = state_SV
-    return table_SV, accept_S
+    return table_SV
+
+
+def stop_table(pieces: Sequence[bytes], stops: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The stop-string automaton lifted to tokens: next state [states, V]; accepting."""
+    delta, accept_S = byte_automaton([s.encode() for s in stops])
+    return token_table(pieces, delta), accept_S
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -256,6 +281,8 @@ def advance(
     eos: jax.Array,
     stop_SV: jax.Array,
     accept_S: jax.Array,
+    prefix_SV: jax.Array,
+    failed_S: jax.Array,
     sampling: SamplingConfig,
 ) -> DecodeState:
     """Samples token `s.step` of every running row, records why rows finish, steps on."""
@@ -265,11 +292,15 @@ def advance(
     running_B = s.finish_B == 0
     tokens_B = jnp.where(running_B, tokens_B, 0)
     stop_state_B = jnp.where(running_B, stop_SV[s.stop_state_B, tokens_B], s.stop_state_B)
+    prefix_state_B = jnp.where(running_B, prefix_SV[s.prefix_state_B, tokens_B],
+                               s.prefix_state_B)  # fmt: skip
     finish_B = jnp.select(
-        [jnp.isin(tokens_B, eos), accept_S[stop_state_B], n == sampling.max_new_tokens - 1],
-        [FINISH.index("eos"), FINISH.index("stop"), FINISH.index("length")],
+        [jnp.isin(tokens_B, eos), accept_S[stop_state_B], failed_S[prefix_state_B],
+         n == sampling.max_new_tokens - 1],
+        [FINISH.index("eos"), FINISH.index("stop"), FINISH.index("format"),
+         FINISH.index("length")],
         0,
-    )
+    )  # fmt: skip
     finish_B = jnp.where(running_B, finish_B, s.finish_B)
 
     def put(x_BN: jax.Array, x_B: jax.Array) -> jax.Array:
@@ -284,6 +315,7 @@ def advance(
         lengths_B=jnp.where(running_B & (finish_B > 0), n + 1, s.lengths_B),
         finish_B=finish_B,
         stop_state_B=stop_state_B,
+        prefix_state_B=prefix_state_B,
     )
 
 
@@ -300,6 +332,8 @@ def prefill(
     eos: jax.Array,
     stop_SV: jax.Array,
     accept_S: jax.Array,
+    prefix_SV: jax.Array,
+    failed_S: jax.Array,
     sampling: SamplingConfig,
 ) -> tuple[PromptCache, DecodeState]:
     """Runs the prompts once, keeps their cache, and samples every row's first token."""
@@ -325,11 +359,13 @@ def prefill(
         lengths_B=jnp.zeros((rows,), jnp.int32),
         finish_B=jnp.zeros((rows,), jnp.int32),
         stop_state_B=jnp.zeros((rows,), jnp.int32),
+        prefix_state_B=jnp.zeros((rows,), jnp.int32),
         keys_B=jax.random.split(key, rows),
         k_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
         v_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
     )
-    return prompt, advance(s, logits_BV, eos, stop_SV, accept_S, sampling)
+    tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
+    return prompt, advance(s, logits_BV, *tables, sampling)
 
 
 def cached_attention(
@@ -397,6 +433,8 @@ def decode(
     eos: jax.Array,
     stop_SV: jax.Array,
     accept_S: jax.Array,
+    prefix_SV: jax.Array,
+    failed_S: jax.Array,
     sampling: SamplingConfig,
 ) -> DecodeState:
     """Decodes until every row has finished; `s` (with the generated cache) is donated."""
@@ -429,7 +467,8 @@ def decode(
             k_LBKNE=jax.lax.dynamic_update_slice(s.k_LBKNE, new_kv(k_LBTKE, s.k_LBKNE.dtype), at),
             v_LBKNE=jax.lax.dynamic_update_slice(s.v_LBKNE, new_kv(v_LBTKE, s.v_LBKNE.dtype), at),
         )
-        return advance(s, model.logits(x_BTD)[:, 0], eos, stop_SV, accept_S, sampling)
+        tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
+        return advance(s, model.logits(x_BTD)[:, 0], *tables, sampling)
 
     def new_kv(x_LBTKE: jax.Array, dtype: jnp.dtype) -> jax.Array:
         return x_LBTKE.transpose(0, 1, 3, 2, 4).astype(dtype)  # [L, B, K, 1, E]
@@ -455,12 +494,15 @@ class Sampler:
         cfg = model.cfg
         self.graphdef, self.cfg = nnx.graphdef(model), cfg
         self.sampling, self.tokenizer, self.mesh = sampling, tokenizer, mesh
-        if sampling.stop and tokenizer is None:
-            raise ValueError("sampling.stop needs a tokenizer to match stop strings")
+        text = sampling.stop or sampling.require_prefix
+        if text and tokenizer is None:
+            raise ValueError("sampling.stop and require_prefix need a tokenizer to match text")
         no_text = [b""] * cfg.vocab_size  # without stop strings: one state, never accepting
-        pieces = token_pieces(tokenizer, cfg.vocab_size) if sampling.stop else no_text
+        pieces = token_pieces(tokenizer, cfg.vocab_size) if text else no_text
         table_SV, accept_S = stop_table(pieces, sampling.stop)
-        self.stop_SV, self.accept_S = jnp.asarray(table_SV), jnp.asarray(accept_S)
+        prefix, failed_S = prefix_automaton(sampling.require_prefix.encode())
+        prefix_SV = token_table(pieces, prefix) if sampling.require_prefix else table_SV[:1] * 0
+        self.tables = tuple(jnp.asarray(x) for x in (table_SV, accept_S, prefix_SV, failed_S))
         self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
 
     def pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -498,7 +540,7 @@ class Sampler:
         prompt_BS, mask_BS = self.pad(prompts)
         key = jax.random.key(seed) if isinstance(seed, int) else seed
         mesh = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-        tables = (self.eos, self.stop_SV, self.accept_S)
+        tables = (self.eos, *self.tables)
         with mesh:
             prompt, s = prefill(
                 self.graphdef, state, prompt_BS, mask_BS, key, *tables, sampling=sampling

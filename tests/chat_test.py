@@ -67,3 +67,21 @@ def test_the_records_system_text_follows_the_instruction(smollm2):
     text = decoded(smollm2, messages, TOOLS)
     assert text.count("<|im_start|>system") == 1
     assert text.index(json.dumps(TOOLS)) < text.index("Answer briefly.") < text.index("Oslo")
+
+
+def test_compact_docs_are_one_line_per_function(smollm2):
+    tools = [*TOOLS, {"name": "log", "description": "Record a workout.", "parameters": {
+        "type": "object", "required": ["minutes"], "properties": {
+            "activity": {"type": "string", "enum": ["running", "rowing"]},
+            "minutes": {"type": "integer", "description": "How long."}}}}]  # fmt: skip
+    text = decoded(smollm2, ASK, tools, docs="compact")
+    assert "- get_weather(city: string): Weather of a city.\n" in text
+    assert "- log(activity: 'running'|'rowing' = None, minutes: integer): Record a workout." in text
+    assert "<answer>[func(param=value), ...]</answer>" in text and "How long." not in text
+    assert len(chat.render(smollm2, ASK, tools, docs="compact")) < 0.6 * len(
+        chat.render(smollm2, ASK, tools)
+    )
+    with pytest.raises(ValueError, match="docs"):
+        chat.render(smollm2, ASK, tools, fmt="bfcl", docs="compact")
+    with pytest.raises(ValueError, match="docs"):
+        chat.render(smollm2, ASK, tools, docs="yaml")

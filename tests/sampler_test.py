@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcrl import sampler as sampler_lib
+from fcrl.models import load_hf
 from fcrl.models.gguf import default_model_dir
 from fcrl.sampler import FINISH, Sampler, SamplingConfig
 from fcrl.sharding import SAMPLE_RULES, make_mesh, shardings
@@ -286,3 +287,53 @@ def test_generate_command_prints_one_json_line_per_sample():
         assert len(row["token_ids"]) == len(row["logprobs"]) <= 6
         assert row["finish_reason"] in ("eos", "length")
         assert all(lp <= 0 for lp in row["logprobs"])
+
+
+def test_the_prefix_automaton_decides_exactly_what_str_strip_startswith_decides():
+    """After any text: "failed" only if no continuation can strip() to an opening <think>, and
+    "matched" once the stripped text opens with it."""
+    from fcrl.sampler import prefix_automaton
+
+    prefix = "<think>"
+    delta, failed_S = prefix_automaton(prefix.encode())
+    rng = np.random.default_rng(0)
+    alphabet = [" ", "\n", "\t", "\x1c", "\u00a0", "<", "t", "h", "i", "n", "k", ">", "x", "é"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet, rng.integers(0, 10)))
+        if rng.random() < 0.3:
+            text = "".join(rng.choice([" ", "\n"], rng.integers(0, 3))) + prefix[: rng.integers(8)]
+        state = 0
+        for byte in text.encode():
+            state = delta[state, byte]
+        if failed_S[state]:
+            for suffix in ("", prefix, "k>", " <think>x"):
+                assert not (text + suffix).strip().startswith(prefix), repr(text)
+        elif text.strip().startswith(prefix):
+            assert state == len(prefix), repr(text)
+        else:  # undecided: some continuation still opens with the prefix
+            assert not failed_S[state]
+
+
+def test_require_prefix_ends_rows_early_with_the_same_verdicts(tiny_model_dir):
+    """Greedy rows of a random model rarely open with <think>: with require_prefix they end
+    ("format") once they cannot, and the verifier's verdict on every row is unchanged."""
+    from fcrl.verifier import verify
+
+    model = load_hf(tiny_model_dir, dtype="float32", param_dtype="float32")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer(f"prompt {i} <th")["input_ids"] for i in range(12)]
+    base = SamplingConfig(max_new_tokens=24, temperature=0.0, buckets=(32,))
+    full, early = (
+        Sampler(model, dataclasses.replace(base, require_prefix=p), tokenizer, [1]).sample(
+            nnx.state(model), prompts
+        )
+        for p in ("", "<think>")
+    )
+    assert (
+        early.lengths_B <= full.lengths_B
+    ).all() and early.lengths_B.sum() < full.lengths_B.sum()
+    for a, b, finish in zip(full.texts, early.texts, early.finish_B, strict=True):
+        assert a.startswith(b)
+        if FINISH[finish] == "format":
+            assert not b.strip().startswith("<think>"[: len(b.strip())])
+        assert verify(a, [], None).reason == verify(b, [], None).reason

@@ -82,12 +82,88 @@ def test_the_tiny_run_writes_what_it_promises(reference_run):
     assert {c["step"] for c in completions} == {2, 4} and all("reason" in c for c in completions)
     assert len(jsonl(reference_run / "batches.jsonl")) == 4
     assert list((reference_run / "tb").iterdir())  # TensorBoard event files
-    assert summary["heldout"]["n"] == 4 and summary["heldout"]["accuracy"] == 0.0
+    heldout = summary["heldout"]
+    assert heldout["sft"] is None and heldout["mcnemar"]["versus"] == "rl vs before"
+    assert [heldout[k]["n"] for k in ("before", "rl")] == [4, 4]
+    assert heldout["rl"]["accuracy"] == 0.0 and sum(heldout["rl"]["zeros"].values()) == 1.0
+    assert (reference_run / "curves.png").read_bytes().startswith(b"\x89PNG")
     evals = jsonl(reference_run / "eval.jsonl")
     assert [e["step"] for e in evals] == [0] * 4 + [2] * 4 + [4] * 4
     assert all(e["reward"] == 0.0 and e["reason"] for e in evals)
     heldout = [r for r in jsonl(reference_run / "metrics.jsonl") if "heldout/accuracy" in r]
     assert [r["step"] for r in heldout] == [0, 2, 4]
+
+
+SFT = {"sft.steps": 3, "steps": 2}  # SFT checkpoints at 2 and 3, then RL steps 1 and 2
+SFT_COMMAND = [*COMMAND, "--config.sft.steps=3", "--config.steps=2"]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> pathlib.Path:
+    """The tiny run with an SFT phase first, uninterrupted, on the 8-device mesh."""
+    workdir = tmp_path_factory.mktemp("sft")
+    train_lib.run(tiny_config(mesh=MESH8, **SFT), workdir)
+    return workdir
+
+
+def test_the_sft_phase_comes_first_and_rl_starts_from_it(sft_run):
+    summary = json.loads((sft_run / "summary.json").read_text())
+    rows = jsonl(sft_run / "sft" / "metrics.jsonl")
+    losses = [r["sft/loss"] for r in rows if "sft/loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert sorted(os.listdir(sft_run / "sft" / "checkpoints")) == ["2", "3"]
+    assert [e["step"] for e in jsonl(sft_run / "sft" / "eval.jsonl")] == [0] * 4 + [3] * 4
+    assert [e["step"] for e in jsonl(sft_run / "eval.jsonl")] == [2] * 4  # no second SFT eval
+    heldout = summary["heldout"]
+    assert [heldout[k]["n"] for k in ("before", "sft", "rl")] == [4, 4, 4]
+    assert heldout["mcnemar"]["versus"] == "rl vs sft"
+    assert set(heldout["rl"]["kinds"]) <= {"single", "multiple", "parallel",
+                                           "parallel_multiple", "irrelevance"}  # fmt: skip
+    # RL's first update starts from the SFT model (its export), not from the initial model.
+    sft_model = nnx.state(load_hf(sft_run / "sft" / "model"))
+    last = checkpoint.read_state(sft_run / "sft" / "checkpoints" / "3")["params"]
+    assert checkpoint.fingerprint(sft_model) == checkpoint.fingerprint(last)
+    assert checkpoint.fingerprint(sft_model) != checkpoint.fingerprint(
+        nnx.state(load_hf(sft_run / "tiny_model"))
+    )
+    # The policy's export is the final checkpoint's parameters.
+    policy = nnx.state(load_hf(summary["model"]))
+    assert checkpoint.fingerprint(policy) == summary["params_sha256"]
+    assert pathlib.Path(summary["curves"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_exported_policy_loads_in_transformers(sft_run):
+    """transformers (torch) reads the export and computes our model's logits."""
+    import torch
+    import transformers
+
+    folder = sft_run / "model"
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokens = np.arange(1, 40, dtype=np.int32)[None] % 90
+    ours = load_hf(folder, dtype="float32", param_dtype="float32")
+    want = ours.logits(ours.hidden(tokens, np.ones_like(tokens, bool))[0])
+    with torch.no_grad():
+        got = theirs(torch.from_numpy(tokens).long()).logits.numpy()
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-4, rtol=1e-4)
+
+
+def test_a_killed_sft_phase_resumes_and_a_finished_one_is_not_redone(sft_run, tmp_path):
+    """Killed once SFT's checkpoint 2 is written, then again during RL (SFT done): the third
+    start runs no SFT step, and the run ends where the uninterrupted one did."""
+    command = [*SFT_COMMAND, f"--config.workdir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run_until(command, env, lambda _: (tmp_path / "sft" / "checkpoints" / "2").is_dir())
+    run_until(command, env, lambda lines: any(line.startswith("step 1/2") for line in lines))
+    assert (tmp_path / "sft" / "model" / "config.json").is_file()
+    sft_rows = jsonl(tmp_path / "sft" / "metrics.jsonl")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sft step" not in done.stderr and jsonl(tmp_path / "sft" / "metrics.jsonl") == sft_rows
+    got = json.loads((tmp_path / "summary.json").read_text())
+    want = json.loads((sft_run / "summary.json").read_text())
+    assert got["params_sha256"] == want["params_sha256"]
+    assert got["heldout"] == want["heldout"]
+    assert "McNemar, rl vs sft" in done.stdout and "curves: " in done.stdout
 
 
 def run_until(command: list[str], env: dict, stop) -> None:

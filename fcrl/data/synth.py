@@ -236,20 +236,24 @@ def one_call(name: str, rng: random.Random) -> tuple[str, dict]:
     return template.format(**words), args
 
 
-def task(kind: str, rng: random.Random) -> tuple[str, list[str], list[dict]]:
-    """(query, tool names offered, answer calls) of one task of `kind`."""
+def task(
+    kind: str, rng: random.Random, distractors: int = 3, max_calls: int = 3
+) -> tuple[str, list[str], list[dict]]:
+    """(query, tool names offered, answer calls) of one task of `kind`: `distractors` other
+    tools are offered beside the asked ones (where the kind offers any), and a parallel kind
+    asks for 2 to `max_calls` calls."""
     names = sorted(TOOLS)
     target = rng.choice(names)
-    others = rng.sample([n for n in names if n != target], 3)
+    others = rng.sample([n for n in names if n != target], distractors)
     if kind == "irrelevance":
         query, _ = one_call(target, rng)
         return query, others, []
     if kind in ("single", "multiple"):
         chosen = [target]
     elif kind == "parallel":
-        chosen = [target] * rng.randint(2, 3)
+        chosen = [target] * rng.randint(2, max_calls)
     else:  # parallel_multiple
-        chosen = [target, *others[: rng.randint(1, 2)]]
+        chosen = [target, *others[: rng.randint(1, max(1, min(max_calls - 1, distractors)))]]
     parts, calls = [], []
     for name in chosen:
         text, args = one_call(name, rng)
@@ -271,13 +275,17 @@ KINDS = {
 }
 
 
-def generate(n: int, seed: int = 0) -> list[dict]:
-    """n tasks in the xLAM layout (query, tools and answers as JSON strings), ids 0..n-1."""
+def generate(n: int, seed: int = 0, distractors: int = 3, max_calls: int = 3) -> list[dict]:
+    """n tasks in the xLAM layout (query, tools and answers as JSON strings), ids 0..n-1; the
+    defaults give the full set, fewer distractors and calls give shorter, easier tasks."""
+    if not 1 <= distractors < len(TOOLS) or max_calls < 2:
+        raise ValueError(f"distractors: 1 to {len(TOOLS) - 1}, max_calls: ≥ 2; got "
+                         f"{distractors}, {max_calls}")  # fmt: skip
     rng = random.Random(seed)
     kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=n)
     out = []
     for i, kind in enumerate(kinds):
-        query, offered, calls = task(kind, rng)
+        query, offered, calls = task(kind, rng, distractors, max_calls)
         rng.shuffle(offered)
         out.append({"id": i, "query": query, "tools": json.dumps([xlam_tool(t) for t in offered]),
                     "answers": json.dumps(calls), "kind": kind})  # fmt: skip

@@ -103,7 +103,9 @@ def rollout_metrics(
 ) -> dict[str, float]:  # fmt: skip
     """What the host knows of a step right away: rewards, reasons, lengths, times."""
     lengths_B = rollouts.lengths_B
-    think_B = np.asarray(batch.think_BT).sum(axis=1)
+    think_BT = np.asarray(batch.think_BT)
+    think_B = think_BT.sum(axis=1)
+    entropy_BT = np.asarray(batch.old_entropy_BT)  # the sampler's, at the rollout temperature
     out = {
         "reward/mean": float(rewards_B.mean()),
         "rollout/length_mean": float(lengths_B.mean()),
@@ -113,6 +115,8 @@ def rollout_metrics(
         "time/rollout": rollout_s,
         "time/reward": reward_s,
     }
+    if think_BT.any():
+        out["rollout/think_entropy"] = float(entropy_BT[think_BT].mean())
     for code, name in enumerate(FINISH[1:], 1):
         out[f"rollout/finish_{name}"] = float(np.mean(rollouts.finish_B == code))
     for reason in REASONS:
