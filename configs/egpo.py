@@ -21,6 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.steps = 570  # RL steps (rollout batches): the paper's learning curves [P]
     config.prompts_per_step = 1  # P: B = P·G rows per step
+    # Prompts rolled out per step (0: P). With more, the step trains on P of their groups,
+    # those whose rewards differ first (dynamic sampling, DAPO) [D].
+    config.prompts_sampled = 0
     config.model = ml_collections.ConfigDict(
         {
             "path": "",  # an HF checkpoint folder; "" = the embedded SmolLM2; "tiny" = random tiny

@@ -47,9 +47,8 @@ _ANSWER = {
 
 DOCS = ("json", "compact")  # how the system instruction lists the functions
 _COMPACT = (
-    "Answer with calls of the functions below: <think>which function fits and which values the "
-    "question gives</think><answer>[func(param=value), ...]</answer>, or <answer>[]</answer> if "
-    "none fits.\nFunctions:"
+    "Call the functions below: <think>which fits, which values the question gives</think>"
+    "<answer>[func(param=value), ...]</answer>, or <answer>[]</answer> if none fits.\nFunctions:"
 )
 
 

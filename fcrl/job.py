@@ -81,6 +81,9 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
             if config.sft[field] < 1:
                 raise ValueError(f"sft.{field}: must be ≥ 1, got {config.sft[field]}")
         check_optim(config.sft.optim)
+    if config.prompts_sampled and config.prompts_sampled < config.prompts_per_step:
+        raise ValueError(f"prompts_sampled: {config.prompts_sampled} is fewer than "
+                         f"prompts_per_step ({config.prompts_per_step}); 0 = as many")  # fmt: skip
     rows = config.prompts_per_step * config.rl.group_size
     if config.prompts_per_step % config.updates.mini_batches:
         raise ValueError(

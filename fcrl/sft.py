@@ -42,16 +42,15 @@ from fcrl.verifier.render import first_accepted, render
 
 
 def think_text(calls: list[tuple[str, dict]], tools: list[dict]) -> str:
-    """Which function fits and which parameters the question gives, from the answer's calls."""
+    """Which function fits and which parameters the question gives, from the answer's calls:
+    `f ×2: a, b. g: c.` (no call: `No function fits.`)."""
     if not calls:
-        names = ", ".join(t["name"] for t in tools)
-        return f"None of the functions ({names}) does what the question asks."
+        return "No function fits."
     parts = []
     for name in dict.fromkeys(n for n, _ in calls):  # first-seen order
         mine = [args for n, args in calls if n == name]
         given = ", ".join(dict.fromkeys(p for args in mine for p in args)) or "no parameters"
-        times = f", {len(mine)} calls" if len(mine) > 1 else ""
-        parts.append(f"{name} fits{times}; the question gives {given}.")
+        parts.append(f"{name}{f' ×{len(mine)}' if len(mine) > 1 else ''}: {given}.")
     return " ".join(parts)
 
 

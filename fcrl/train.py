@@ -44,6 +44,7 @@ from fcrl.rl.rollout import (
     policy_logprobs,
     rollout_metrics,
     sequence_logprobs,
+    signal_groups,
 )
 from fcrl.rl.train import init_opt_state, make_optimizer, step_shardings, train_step
 from fcrl.sampler import FINISH, Rollouts, Sampler, token_pieces
@@ -75,6 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     job.write_config(config, workdir)
     rl = job.rl_section(config)
     g, p = config.rl.group_size, config.prompts_per_step
+    sampled = config.prompts_sampled or p  # prompts rolled out per step, ≥ p
     mesh = job.mesh_of(config, p * g // config.updates.mini_batches)
 
     # ------------------------------------------------------------ model
@@ -143,6 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
             # The start's evaluation: the SFT phase's last one, when there is one.
             if config.sft.steps and start == 0 and config.eval.every:
                 meta["heldout"] = job.score(job.eval_rows(workdir / "sft", "last"))
+                writer.scalars(0, {"heldout/accuracy": meta["heldout"]["accuracy"]})
             elif config.eval.every and start == 0:
                 meta["heldout"] = job.evaluate(eval_sampler, params, heldout, config.data.fmt,
                                                writer, 0, batch_eval)  # fmt: skip
@@ -151,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                 t0 = time.perf_counter()
                 if pending is not None:
                     pending.host["time/update"] = t0 - pending.dispatched
-                records = [next(iterator) for _ in range(p)]
+                records = [next(iterator) for _ in range(sampled)]
                 rng, key = jax.random.split(rng)
                 rollouts = sampler.sample(params, [r["prompt_ids"] for r in records], key)
                 t1 = time.perf_counter()
@@ -163,9 +166,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                     shape=config.reward.shape,
                 )
                 host_batch = make_batch(rollouts, rewards_B, pieces)
+                host = rollout_metrics(rollouts, rewards_B, reasons_B, host_batch, t1 - t0, 0.0)
+                groups = signal_groups(rewards_B, g, p)  # all of them without oversampling
+                trained = (groups[:, None] * g + np.arange(g)).reshape(-1)  # their rows
+                host_batch = jax.tree.map(lambda x, rows_=trained: x[rows_], host_batch)
                 batch = jax.device_put(host_batch, rows)
                 t2 = time.perf_counter()
-                host = rollout_metrics(rollouts, rewards_B, reasons_B, host_batch, t1 - t0, t2 - t1)
+                r_PG = rewards_B.reshape(-1, g)
+                host["rollout/groups_with_signal"] = float(np.mean(r_PG.min(1) < r_PG.max(1)))
+                host["time/reward"] = t2 - t1
                 batch, gaps = policy_logprobs(
                     batch, params, ref_params, logprobs, ref_logprobs, config
                 )
@@ -179,7 +188,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                     meta = flush(pending, meta, writer, clock, config)
                 pending = Pending(step, device, host, t3)
                 log_samples(writer, step, records, rollouts, rewards_B, reasons_B, config)
-                writer.log("batches.jsonl", step, {"ids": [r.get("id") for r in records]})
+                writer.log("batches.jsonl", step, {"ids": [r.get("id") for r in records],
+                                                   "trained": groups.tolist()})  # fmt: skip
                 evaluating = config.eval.every and (
                     step % config.eval.every == 0 or step == config.steps
                 )

@@ -78,6 +78,7 @@ def test_compact_docs_are_one_line_per_function(smollm2):
     assert "- get_weather(city: string): Weather of a city.\n" in text
     assert "- log(activity: 'running'|'rowing' = None, minutes: integer): Record a workout." in text
     assert "<answer>[func(param=value), ...]</answer>" in text and "How long." not in text
+    assert text.count("<think>") == 1
     assert len(chat.render(smollm2, ASK, tools, docs="compact")) < 0.6 * len(
         chat.render(smollm2, ASK, tools)
     )

@@ -97,11 +97,12 @@ def test_phases_read_the_logs(tmp_path):
         ("sft.batch_size", 0, "sft.batch_size: must be ≥ 1"),
         ("sft.max_len", 0, "sft.max_len: must be ≥ 1"),
         ("data.docs", "yaml", "docs: 'yaml' is not one of"),
+        ("prompts_sampled", 1, "prompts_sampled: 1 is fewer than prompts_per_step"),
     ],
 )
 def test_bad_sft_and_docs_fields_are_named(field, value, message):
     config = demo.get_config()
-    section, name = field.split(".")
-    config[section][name] = value
+    *section, name = field.split(".")
+    (config[section[0]] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         job.check_config(config)

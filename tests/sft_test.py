@@ -26,11 +26,8 @@ def test_every_generated_target_earns_the_reward():
 
 def test_think_text_names_the_functions_and_parameters():
     calls = [("f", {"a": 1, "b": 2}), ("f", {"a": 3}), ("g", {})]
-    assert sft.think_text(calls, []) == (
-        "f fits, 2 calls; the question gives a, b. g fits; the question gives no parameters."
-    )
-    tools = [{"name": "f"}, {"name": "g"}]
-    assert sft.think_text([], tools) == "None of the functions (f, g) does what the question asks."
+    assert sft.think_text(calls, []) == "f ×2: a, b. g: no parameters."
+    assert sft.think_text([], [{"name": "f"}]) == "No function fits."
 
 
 def test_make_batch_puts_prompt_then_target():
@@ -64,8 +61,13 @@ def test_the_step_minimises_the_targets_cross_entropy(tiny_model_dir):
     model = load_hf(tiny_model_dir, dtype="float32", param_dtype="float32")
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(0)
-    records = [{"prompt_ids": rng.integers(1, 90, p).tolist(),
-                "target_ids": rng.integers(1, 90, t).tolist()} for p, t in ((7, 5), (3, 9))]  # fmt: skip
+    records = [
+        {
+            "prompt_ids": rng.integers(1, 90, p).tolist(),
+            "target_ids": rng.integers(1, 90, t).tolist(),
+        }
+        for p, t in ((7, 5), (3, 9))
+    ]
     batch = jax.tree.map(jnp.asarray, sft.make_batch(records, 16))
 
     def reference(params):

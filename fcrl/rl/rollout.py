@@ -83,6 +83,14 @@ def policy_logprobs(
     return jax.block_until_ready(batch), gaps
 
 
+def signal_groups(rewards_B: np.ndarray, group_size: int, keep: int) -> np.ndarray:
+    """Which `keep` of the rolled-out groups a step trains on (dynamic sampling, as in DAPO):
+    those whose rewards differ first, then uniform ones, each kind in rollout order."""
+    rewards_PG = rewards_B.reshape(-1, group_size)
+    uniform_P = (rewards_PG == rewards_PG[:, :1]).all(axis=1)
+    return np.sort(np.argsort(uniform_P, kind="stable")[:keep])
+
+
 def mini_batches(batch: Batch, updates: ml_collections.ConfigDict):
     """The optimizer updates of one rollout batch: `epochs` passes over `mini_batches`
     consecutive slices of whole groups, in a fixed order, each placed like the batch."""

@@ -20,3 +20,13 @@ def test_think_mask_follows_the_bytes():
     assert "".join(texts[0][i] for i in np.flatnonzero(mask[0])) == "ab"
     assert not mask[1].any()
     assert "".join(texts[2][i] for i in np.flatnonzero(mask[2])) == "open"
+
+
+def test_signal_groups_prefer_groups_whose_rewards_differ():
+    from fcrl.rl.rollout import signal_groups
+
+    rewards = np.asarray([1, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1], np.float32)  # 4 groups of 3
+    assert signal_groups(rewards, 3, 2).tolist() == [1, 3]  # groups 0 and 2 are uniform
+    assert signal_groups(rewards, 3, 3).tolist() == [0, 1, 3]  # then the first uniform one
+    assert signal_groups(rewards, 3, 4).tolist() == [0, 1, 2, 3]  # no oversampling: all
+    assert signal_groups(np.zeros(6, np.float32), 3, 1).tolist() == [0]
