@@ -1,4 +1,4 @@
-"""The README's first command, the demo (slow: ~22 min on 2 CPU cores), killed once during RL
+"""The README's first command, the demo (slow: 28 min on 2 CPU cores), killed once during RL
 and started again: it resumes without redoing SFT, evaluates the same 300 held-out items
 before SFT, after it and after RL (RL ahead of SFT: 0.460 against 0.427 at commit e11b17a,
 McNemar p = 0.21, see the README), and leaves the curves and a policy that fcrl.generate
