@@ -501,7 +501,9 @@ class Sampler:
         pieces = token_pieces(tokenizer, cfg.vocab_size) if text else no_text
         table_SV, accept_S = stop_table(pieces, sampling.stop)
         prefix, failed_S = prefix_automaton(sampling.require_prefix.encode())
-        prefix_SV = token_table(pieces, prefix) if sampling.require_prefix else table_SV[:1] * 0
+        prefix_SV = (
+            token_table(pieces, prefix) if sampling.require_prefix else np.zeros_like(table_SV[:1])
+        )
         self.tables = tuple(jnp.asarray(x) for x in (table_SV, accept_S, prefix_SV, failed_S))
         self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
 

@@ -165,16 +165,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                     config.data.fmt,
                     shape=config.reward.shape,
                 )
-                host_batch = make_batch(rollouts, rewards_B, pieces)
-                host = rollout_metrics(rollouts, rewards_B, reasons_B, host_batch, t1 - t0, 0.0)
+                rolled = make_batch(rollouts, rewards_B, pieces)  # every rollout, for metrics
                 groups = signal_groups(rewards_B, g, p)  # all of them without oversampling
                 trained = (groups[:, None] * g + np.arange(g)).reshape(-1)  # their rows
-                host_batch = jax.tree.map(lambda x, rows_=trained: x[rows_], host_batch)
+                host_batch = jax.tree.map(lambda x, rows_=trained: x[rows_], rolled)
                 batch = jax.device_put(host_batch, rows)
                 t2 = time.perf_counter()
+                host = rollout_metrics(rollouts, rewards_B, reasons_B, rolled, t1 - t0, t2 - t1)
                 r_PG = rewards_B.reshape(-1, g)
                 host["rollout/groups_with_signal"] = float(np.mean(r_PG.min(1) < r_PG.max(1)))
-                host["time/reward"] = t2 - t1
                 batch, gaps = policy_logprobs(
                     batch, params, ref_params, logprobs, ref_logprobs, config
                 )
