@@ -18,17 +18,18 @@ from configs import egpo
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = egpo.get_config(arg or "group_size=4")
     config.workdir = "runs/demo"
-    config.steps = 7
-    config.prompts_per_step = 4  # × G = 4: 16 rows a step, four groups of signal ...
-    config.prompts_sampled = 8  # ... picked from eight rolled out (dynamic sampling)
+    config.steps = 6
+    config.prompts_per_step = 8  # × G = 4: 32 rows a step, eight groups of signal ...
+    config.prompts_sampled = 12  # ... picked from twelve rolled out (dynamic sampling)
     config.data.update(num_generated=7000, distractors=1, max_calls=2, docs="compact")
     # 98% of the prompts fit in 160 tokens (the rest are skipped), 99% of the answers (with
     # their <think>) in 96.
     config.sampling.update(max_new_tokens=96, buckets=(128, 160))
-    config.sft.update(steps=12, batch_size=8, max_len=256)
+    config.sft.update(steps=12, batch_size=8, target_len=96)
     config.sft.optim.lr = 1e-4
-    config.optim.lr = 1e-5
+    config.optim.lr = 6e-6
+    config.rl.kl_coef = 0.0  # β = 0.001 moved nothing here; 0 drops the reference pass
     config.checkpoint_every = 4
     config.completions_every = 1
-    config.eval.update(every=7, size=300, max_new_tokens=96, batch_size=60)
+    config.eval.update(every=6, size=300, max_new_tokens=96, batch_size=60)
     return config

@@ -75,7 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # divides the logits by it [S].
             "temperature": 0.7,
             "logprob_chunk": 256,  # positions per chunk of the log-prob recompute
-            "micro_batches": 1,  # gradient accumulation within one update
+            # Gradient accumulation within one update; micro-batches of whole groups run each
+            # prompt once for its G rollouts.
+            "micro_batches": 1,
         }
     )
     config.optim = ml_collections.ConfigDict(
@@ -95,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         {
             "steps": 0,
             "batch_size": 8,  # (prompt, target) pairs per update
-            "max_len": 512,  # tokens of prompt + target; longer pairs are skipped
+            "target_len": 192,  # target tokens (after the prompt's bucket); longer are skipped
             "optim": {"lr": 1e-5, "schedule": "constant", "warmup_steps": 0, "b1": 0.9,
                       "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0},
         }

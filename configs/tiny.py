@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # few longer prompts are skipped (listed in WORKDIR/skipped.jsonl).
     config.data.docs = "compact"
     config.sampling.buckets = (768,)
-    config.sft.max_len = 1280
+    config.sft.target_len = 512
     config.rl.uniform_groups = "keep"
     config.rl.entropy_coef = 0.01
     config.optim.lr = 1e-3

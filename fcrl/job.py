@@ -77,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
     if config.sft.steps < 0:
         raise ValueError(f"sft.steps: must be ≥ 0 (0: no SFT phase), got {config.sft.steps}")
     if config.sft.steps:
-        for field in ("batch_size", "max_len"):
+        for field in ("batch_size", "target_len"):
             if config.sft[field] < 1:
                 raise ValueError(f"sft.{field}: must be ≥ 1, got {config.sft[field]}")
         check_optim(config.sft.optim)

@@ -62,40 +62,44 @@ def target_text(record: dict) -> str:
 
 def with_targets(records: list[dict], tokenizer, eos: int, width: int, skipped: list[dict],
                  source: str) -> list[dict]:  # fmt: skip
-    """The records with their target ids (ending with `eos`); those whose prompt and target
-    exceed `width` tokens go to `skipped` with their reason."""
+    """The records with their target ids (ending with `eos`); those whose target exceeds
+    `width` tokens go to `skipped` with their reason."""
     out = []
     for record in records:
         ids = tokenizer(target_text(record), add_special_tokens=False)["input_ids"] + [eos]
-        length = len(record["prompt_ids"]) + len(ids)
-        if length > width:
+        if len(ids) > width:
             skipped.append({"file": source, "id": record.get("id"), "reason": "sft_too_long",
-                            "detail": f"{length} tokens"})  # fmt: skip
+                            "detail": f"{len(ids)} target tokens"})  # fmt: skip
             continue
         out.append({**record, "target_ids": ids})
     if not out:
-        raise ValueError(f"{source}: no record fits sft.max_len ({width})")
+        raise ValueError(f"{source}: no record's target fits sft.target_len ({width})")
     return out
 
 
-def make_batch(records: list[dict], width: int) -> dict[str, np.ndarray]:
-    """Prompt then target per row, right-padded to `width`: tokens, mask and the target mask."""
-    tokens = np.zeros((len(records), width), np.int32)
+def make_batch(records: list[dict], buckets: tuple[int, ...], width: int) -> dict[str, np.ndarray]:
+    """The RL batch's layout: each prompt left-padded to the smallest bucket that holds the
+    longest, then its target right-padded to `width`: tokens, mask and the target mask."""
+    start = min(b for b in buckets if b >= max(len(r["prompt_ids"]) for r in records))
+    tokens = np.zeros((len(records), start + width), np.int32)
     mask, target = np.zeros(tokens.shape, bool), np.zeros(tokens.shape, bool)
     for row, r in enumerate(records):
         p, t = len(r["prompt_ids"]), len(r["target_ids"])
-        tokens[row, : p + t] = r["prompt_ids"] + r["target_ids"]
-        mask[row, : p + t], target[row, p : p + t] = True, True
+        tokens[row, start - p : start + t] = r["prompt_ids"] + r["target_ids"]
+        mask[row, start - p : start + t], target[row, start : start + t] = True, True
     return {"tokens_BT": tokens, "mask_BT": mask, "target_BT": target}
 
 
 def sft_step(graphdef: nnx.GraphDef, params: nnx.State, opt_state: optax.OptState, batch: dict,
-             *, optimizer: optax.GradientTransformation, chunk: int):  # fmt: skip
-    """One update on the mean cross-entropy of the batch's target tokens."""
+             *, optimizer: optax.GradientTransformation, chunk: int, width: int):  # fmt: skip
+    """One update on the mean cross-entropy of the batch's target tokens, the last `width`
+    columns (the only ones given to the output projection)."""
+    start = batch["tokens_BT"].shape[1] - width
 
     def loss_fn(params: nnx.State):
         model = nnx.merge(graphdef, params)
-        logp_BT, _ = token_logprobs(model, batch["tokens_BT"], batch["mask_BT"], 1.0, chunk)
+        tokens_BT, mask_BT = batch["tokens_BT"], batch["mask_BT"]
+        logp_BT, _ = token_logprobs(model, tokens_BT, mask_BT, 1.0, chunk, start)
         on_BT = batch["target_BT"]
         count = jnp.maximum(on_BT.sum(), 1)
         return -jnp.sum(jnp.where(on_BT, logp_BT, 0.0)) / count, count
@@ -134,7 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathl
     skipped = []
     train = job.with_prompts(load_records(train_file), tokenizer, config.data, sampling, context,
                              skipped, train_file)  # fmt: skip
-    train = with_targets(train, tokenizer, eos[0], sft.max_len, skipped, train_file)
+    train = with_targets(train, tokenizer, eos[0], sft.target_len, skipped, train_file)
     val = job.with_prompts(load_records(val_file), tokenizer, config.data, sampling, context,
                            skipped, val_file)  # fmt: skip
     (phase / "skipped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in skipped))
@@ -144,7 +148,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathl
     eval_sampler = Sampler(model, job.greedy(config, sampling), tokenizer, eos, mesh=mesh)
     in_shardings, out_shardings = step_shardings(params, opt_state, mesh)
     update = jax.jit(
-        functools.partial(sft_step, graphdef, optimizer=optimizer, chunk=config.rl.logprob_chunk),
+        functools.partial(
+            sft_step,
+            graphdef,
+            optimizer=optimizer,
+            chunk=config.rl.logprob_chunk,
+            width=sft.target_len,
+        ),
         in_shardings=in_shardings,
         out_shardings=out_shardings,
         donate_argnames=("params", "opt_state"),
@@ -168,7 +178,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathl
                 job.evaluate(eval_sampler, params, heldout, config.data.fmt, writer, 0, batch_eval)
             for step in range(start + 1, sft.steps + 1):
                 t0 = time.perf_counter()
-                host = make_batch([next(iterator) for _ in range(sft.batch_size)], sft.max_len)
+                pairs = [next(iterator) for _ in range(sft.batch_size)]
+                host = make_batch(pairs, sampling.buckets, sft.target_len)
                 batch = jax.device_put(host, in_shardings[2])
                 params, opt_state, m = update(params, opt_state, batch)
                 m = jax.tree.map(float, jax.device_get(m))

@@ -120,8 +120,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     )
     both = functools.partial(sequence_logprobs, graphdef, temperature=config.rl.temperature,
                              chunk=config.rl.logprob_chunk)  # fmt: skip
-    logprobs = jax.jit(both, out_shardings=rows)  # old policy: log-probs and entropies
-    ref_logprobs = jax.jit(lambda *args: both(*args)[0], out_shardings=rows)  # no entropies
+    static = ("start", "group")
+    logprobs = jax.jit(both, out_shardings=rows, static_argnames=static)  # and entropies
+    ref_logprobs = jax.jit(
+        lambda *args, **columns: both(*args, **columns)[0],
+        out_shardings=rows,
+        static_argnames=static,
+    )  # no entropies
 
     # ------------------------------------------------------------ restore
     mngr = checkpoint.manager(workdir / "checkpoints", config.keep_checkpoints)

@@ -95,7 +95,7 @@ def test_phases_read_the_logs(tmp_path):
     [
         ("sft.steps", -1, "sft.steps: must be ≥ 0"),
         ("sft.batch_size", 0, "sft.batch_size: must be ≥ 1"),
-        ("sft.max_len", 0, "sft.max_len: must be ≥ 1"),
+        ("sft.target_len", 0, "sft.target_len: must be ≥ 1"),
         ("data.docs", "yaml", "docs: 'yaml' is not one of"),
         ("prompts_sampled", 1, "prompts_sampled: 1 is fewer than prompts_per_step"),
     ],

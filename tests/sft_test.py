@@ -35,10 +35,10 @@ def test_make_batch_puts_prompt_then_target():
         {"prompt_ids": [5, 6, 7], "target_ids": [8, 9]},
         {"prompt_ids": [1], "target_ids": [2]},
     ]
-    got = sft.make_batch(records, 6)
-    np.testing.assert_array_equal(got["tokens_BT"], [[5, 6, 7, 8, 9, 0], [1, 2, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(got["mask_BT"], [[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(got["target_BT"], [[0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]])
+    got = sft.make_batch(records, (2, 4, 8), 3)  # prompts in 4 columns, targets in 3
+    np.testing.assert_array_equal(got["tokens_BT"], [[0, 5, 6, 7, 8, 9, 0], [0, 0, 0, 1, 2, 0, 0]])
+    np.testing.assert_array_equal(got["mask_BT"], [[0, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(got["target_BT"], [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 0, 0]])
 
 
 def test_with_targets_skips_what_does_not_fit(tiny_model_dir):
@@ -50,8 +50,8 @@ def test_with_targets_skips_what_does_not_fit(tiny_model_dir):
     skipped = []
     kept = sft.with_targets([record], tokenizer, 0, 10_000, skipped, "f.jsonl")
     assert kept[0]["target_ids"][-1] == 0 and not skipped
-    with pytest.raises(ValueError, match="no record fits sft.max_len"):
-        sft.with_targets([record], tokenizer, 0, 11, skipped, "f.jsonl")
+    with pytest.raises(ValueError, match="no record's target fits sft.target_len"):
+        sft.with_targets([record], tokenizer, 0, len(kept[0]["target_ids"]) - 1, skipped, "f.jsonl")
     assert skipped[0]["reason"] == "sft_too_long" and skipped[0]["file"] == "f.jsonl"
 
 
@@ -68,7 +68,7 @@ def test_the_step_minimises_the_targets_cross_entropy(tiny_model_dir):
         }
         for p, t in ((7, 5), (3, 9))
     ]
-    batch = jax.tree.map(jnp.asarray, sft.make_batch(records, 16))
+    batch = jax.tree.map(jnp.asarray, sft.make_batch(records, (8,), 10))
 
     def reference(params):
         m = nnx.merge(graphdef, params)
@@ -80,7 +80,7 @@ def test_the_step_minimises_the_targets_cross_entropy(tiny_model_dir):
 
     optimizer = optax.sgd(0.1)
     new, _, m = sft.sft_step(graphdef, params, optimizer.init(params), batch,
-                             optimizer=optimizer, chunk=4)  # fmt: skip
+                             optimizer=optimizer, chunk=4, width=10)  # fmt: skip
     assert float(m["sft/loss"]) == pytest.approx(float(reference(params)), rel=1e-5)
     assert m["sft/tokens"] == 14
     grads = jax.grad(reference)(params)

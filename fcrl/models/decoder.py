@@ -228,6 +228,45 @@ class Decoder(nnx.Module):
         x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(body, self.embed(tokens_BT), layers)
         return x_BTD, k_LBTKE, v_LBTKE
 
+    def hidden_shared(
+        self, prompt_PS: jax.Array, prompt_mask_PS: jax.Array, tokens_BN: jax.Array,
+        mask_BN: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+        """`hidden` of B = P·G rows that continue P prompts (G consecutive rows a prompt) with
+        each prompt run once: last-layer states of the prompts [P, S, D] and of the
+        continuations [B, N, D], equal to `hidden` over each row's [prompt | continuation];
+        under autodiff the G rows' gradients through their prompt add up."""
+        p, s = prompt_PS.shape
+        b, n = tokens_BN.shape
+        g = b // p
+        prompt_mask_PS, mask_BN = prompt_mask_PS.astype(bool), mask_BN.astype(bool)
+        positions_PS = jnp.maximum(jnp.cumsum(prompt_mask_PS, axis=1) - 1, 0)
+        lengths_B1 = jnp.repeat(prompt_mask_PS.sum(axis=1), g)[:, None]
+        positions_BN = jnp.maximum(lengths_B1 + jnp.cumsum(mask_BN, axis=1) - 1, 0)
+        causal_NN = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
+        mask_BNX = jnp.concatenate(
+            [
+                jnp.broadcast_to(jnp.repeat(prompt_mask_PS, g, axis=0)[:, None], (b, n, s)),
+                causal_NN[None] & mask_BN[:, None, :],
+            ],
+            axis=2,
+        )
+        inv_freq = rope_frequencies(self.cfg)
+        graphdef, layers = nnx.split(self.layers)
+
+        def body(carry: tuple, layer_state: nnx.State) -> tuple[tuple, None]:
+            x_PSD, x_BND = carry
+            layer = nnx.merge(graphdef, layer_state)
+            x_PSD, k_PSKE, v_PSKE = layer(x_PSD, positions_PS, prompt_mask_PS, inv_freq)
+            q_BNHE, k_BNKE, v_BNKE = layer.project_qkv(x_BND, positions_BN, inv_freq)
+            k_BXKE = jnp.concatenate([jnp.repeat(k_PSKE, g, axis=0), k_BNKE], axis=1)
+            v_BXKE = jnp.concatenate([jnp.repeat(v_PSKE, g, axis=0), v_BNKE], axis=1)
+            x_BND = layer.finish(x_BND, attention(q_BNHE, k_BXKE, v_BXKE, mask_BNX))
+            return (x_PSD, x_BND), None
+
+        carry = (self.embed(prompt_PS), self.embed(tokens_BN))
+        return jax.lax.scan(body, carry, layers)[0]
+
     def logits(self, x_BTD: jax.Array) -> jax.Array:
         """Final norm and output projection (the tied embedding or lm_head), in float32."""
         cfg = self.cfg

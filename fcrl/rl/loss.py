@@ -92,16 +92,33 @@ def aggregate(
 
 
 def token_logprobs(
-    model: Decoder, tokens_BT: jax.Array, mask_BT: jax.Array, temperature: float, chunk: int
+    model: Decoder,
+    tokens_BT: jax.Array,
+    mask_BT: jax.Array,
+    temperature: float,
+    chunk: int,
+    start: int = 1,
+    group: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
-    """log π(token_t | tokens_<t) and the entropy of π(· | tokens_<t), float32 [B, T] (0 at t=0).
+    """log π(token_t | tokens_<t) and the entropy of π(· | tokens_<t), float32 [B, T], for the
+    columns t ≥ `start` (0 before: a prompt's columns need no output projection). With
+    `group` = G > 1, rows g·G … g·G + G − 1 share their first `start` columns (a prompt and its
+    G rollouts), and each prompt runs through the model once (`Decoder.hidden_shared`).
 
     π is softmax(logits / temperature), the distribution the rollouts were drawn from. The
     output projection runs over `chunk` positions at a time under jax.checkpoint, so neither pass
     holds more than [B, chunk, V] logits; the backward pass recomputes each chunk's.
     """
-    x_BTD = model.hidden(tokens_BT, mask_BT)[0][:, :-1]  # state t-1 predicts token t
-    targets_BT = tokens_BT[:, 1:]
+    if not 1 <= start < tokens_BT.shape[1]:
+        raise ValueError(f"start: {start} is not in [1, {tokens_BT.shape[1]})")
+    if group > 1:
+        x_PSD, x_BND = model.hidden_shared(tokens_BT[::group, :start], mask_BT[::group, :start],
+                                           tokens_BT[:, start:], mask_BT[:, start:])  # fmt: skip
+        last_BD = jnp.repeat(x_PSD[:, -1:], group, axis=0)  # the prompt's last state
+        x_BTD = jnp.concatenate([last_BD, x_BND[:, :-1]], axis=1)  # state t-1 predicts token t
+    else:
+        x_BTD = model.hidden(tokens_BT, mask_BT)[0][:, start - 1 : -1]
+    targets_BT = tokens_BT[:, start:]
     b, t, d = x_BTD.shape
     chunk = min(chunk, t)
     n = -(-t // chunk)  # J: n chunks of C = `chunk` positions
@@ -121,7 +138,7 @@ def token_logprobs(
 
     def unchunk(v_JBC: jax.Array) -> jax.Array:
         v_BT = v_JBC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
-        return jnp.pad(v_BT, ((0, 0), (1, 0)))
+        return jnp.pad(v_BT, ((0, 0), (start, 0)))
 
     return unchunk(logp_JBC), unchunk(entropy_JBC)
 

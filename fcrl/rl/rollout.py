@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from fcrl.rl.loss import token_logprobs
-from fcrl.rl.train import Batch
+from fcrl.rl.train import Batch, prompt_group
 from fcrl.sampler import FINISH, Rollouts
 from fcrl.verifier import REASONS
 
@@ -53,15 +53,18 @@ def make_batch(rollouts: Rollouts, rewards_B: np.ndarray, pieces: list[bytes]) -
         old_entropy_BT=widen(rollouts.entropies_BN),
         ref_logp_BT=widen(np.zeros_like(rollouts.logprobs_BN)),
         rewards_B=rewards_B.astype(np.float32),
+        start=prompt_BS.shape[1],
     )
 
 
 def sequence_logprobs(
     graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array, mask_BT: jax.Array,
-    *, temperature: float, chunk: int,
+    *, temperature: float, chunk: int, start: int = 1, group: int = 1,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """The training graph's log-probs and entropies of a batch (old or reference policy)."""
-    return token_logprobs(nnx.merge(graphdef, params), tokens_BT, mask_BT, temperature, chunk)
+    """The training graph's log-probs and entropies of a batch (old or reference policy) from
+    column `start` on, each prompt run once for its `group` rows."""
+    model = nnx.merge(graphdef, params)
+    return token_logprobs(model, tokens_BT, mask_BT, temperature, chunk, start, group)
 
 
 def policy_logprobs(
@@ -70,16 +73,19 @@ def policy_logprobs(
     """The batch with the training graph's old log-probs and entropies (old_logprobs =
     "recompute", logging their gap to the sampler's; `logprobs`) and the reference's log-probs
     (when β > 0; `ref_logprobs`, which computes no entropies)."""
-    gaps = {}
+    gaps, rows = {}, batch.rewards_B.shape[0]
+    columns = {"start": batch.start, "group": prompt_group(batch, rows, config.rl.group_size)}
     if config.old_logprobs == "recompute":
-        logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT)
+        logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT, **columns)
         gap_BT = np.abs(np.asarray(logp_BT) - np.asarray(batch.old_logp_BT))
         on_BT = np.asarray(batch.completion_BT)
         gaps = {"sampler/logp_diff_max": float(gap_BT[on_BT].max()),
                 "sampler/logp_diff_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
         batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
     if ref_params is not None:
-        batch = batch.replace(ref_logp_BT=ref_logprobs(ref_params, batch.tokens_BT, batch.mask_BT))
+        batch = batch.replace(
+            ref_logp_BT=ref_logprobs(ref_params, batch.tokens_BT, batch.mask_BT, **columns)
+        )
     return jax.block_until_ready(batch), gaps
 
 

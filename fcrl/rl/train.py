@@ -139,6 +139,15 @@ class Batch:
     old_entropy_BT: jax.Array  # float32: the rollout policy's token entropies (for the bonus)
     ref_logp_BT: jax.Array  # float32: the reference policy's log-probs (unused if kl_coef = 0)
     rewards_B: jax.Array  # float32
+    # The prompt width S (static: one program per prompt bucket, as before): columns < S are
+    # the prompt, alike on a group's G rows, and have no log-prob to compute; 1: unknown.
+    start: int = struct.field(pytree_node=False, default=1)
+
+
+def prompt_group(batch: Batch, rows: int, group_size: int) -> int:
+    """G when `rows` consecutive rows of `batch` hold whole groups behind a known prompt (each
+    prompt then runs through the model once), else 1 (each row runs its own)."""
+    return group_size if batch.start > 1 and rows % group_size == 0 else 1
 
 
 def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
@@ -192,8 +201,9 @@ def train_step(
 
     def loss_fn(params: nnx.State, mb: Batch, adv_BT: jax.Array, weight_BT: jax.Array):
         model = nnx.merge(graphdef, params)
+        group = prompt_group(mb, b // m, rl.group_size)
         logp_BT, entropy_BT = token_logprobs(
-            model, mb.tokens_BT, mb.mask_BT, rl.temperature, rl.logprob_chunk
+            model, mb.tokens_BT, mb.mask_BT, rl.temperature, rl.logprob_chunk, mb.start, group
         )
         loss, sums = policy_loss(
             logp_BT, entropy_BT, mb.old_logp_BT, mb.ref_logp_BT, adv_BT, weight_BT, count, rl

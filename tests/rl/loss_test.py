@@ -150,6 +150,53 @@ def test_chunked_recompute_equals_a_plain_forward(chunk):
         np.testing.assert_allclose(np.asarray(g)[mask], np.asarray(w)[mask], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("start", [1, 4, 11])
+def test_logprobs_from_a_start_column_equal_the_full_ones_there(start):
+    model, state = tiny.random_model("qwen2")
+    nnx.update(model, state)
+    tokens, mask = (jnp.asarray(x) for x in tiny.padded_batch(length=12))
+    full = loss_lib.token_logprobs(model, tokens, mask, 0.7, 5)
+    part = loss_lib.token_logprobs(model, tokens, mask, 0.7, 5, start=start)
+    for f, p in zip(full, part, strict=True):
+        assert p.shape == f.shape and not np.asarray(p)[:, :start].any()
+        np.testing.assert_allclose(np.asarray(p)[:, start:], np.asarray(f)[:, start:], atol=1e-5)
+    with pytest.raises(ValueError, match="start: 12 is not in"):
+        loss_lib.token_logprobs(model, tokens, mask, 0.7, 5, start=12)
+
+
+def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradient():
+    """Two prompts (one left-padded) × G = 3 rollouts (right-padded), in float64: the grouped
+    path equals the per-row one in values and in the gradient of a weighted sum (to ~1e-15:
+    only the order of the sums differs)."""
+    model, state = tiny.random_model("qwen2")
+    model.cfg = dataclasses.replace(model.cfg, dtype="float64")
+    graphdef = nnx.graphdef(model)
+    rng = np.random.default_rng(1)
+    g, s, n = 3, 5, 7
+    prompt = np.repeat(rng.integers(0, 96, (2, s)), g, axis=0)
+    prompt_mask = np.ones((2 * g, s), bool)
+    prompt_mask[g:, :2] = False
+    tokens = jnp.asarray(np.concatenate([prompt, rng.integers(0, 96, (2 * g, n))], axis=1))
+    mask = jnp.asarray(np.concatenate([prompt_mask, np.arange(n)[None] < [[7], [3], [5]] * 2],
+                                      axis=1))  # fmt: skip
+    weights = rng.normal(size=(2 * g, s + n))
+
+    def total(state, group):
+        logp, entropy = loss_lib.token_logprobs(nnx.merge(graphdef, state), tokens, mask, 0.7, 4,
+                                                start=s, group=group)  # fmt: skip
+        return jnp.sum(jnp.where(mask, weights * logp + entropy, 0.0)), (logp, entropy)
+
+    with jax.enable_x64(True):
+        state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
+        (want, want_aux), want_grad = jax.value_and_grad(total, has_aux=True)(state, 1)
+        (got, got_aux), got_grad = jax.value_and_grad(total, has_aux=True)(state, g)
+    for a, b in zip(got_aux, want_aux, strict=True):
+        np.testing.assert_allclose(np.asarray(a)[mask], np.asarray(b)[mask], rtol=1e-10)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_sampler_logprobs_equal_trainer_logprobs():
     """The contract of DESIGN.md: what the sampler records is what the training graph computes."""
     model, state = tiny.random_model("qwen2")

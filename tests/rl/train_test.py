@@ -37,7 +37,8 @@ def make_batch(model, state, seed: int = 0, rewards=(1, 0, 0, 1, 1, 1, 1, 1)) ->
     reference log-probs near the model's own."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, 96, (B, T)).astype(np.int32)
-    start = rng.integers(0, 4, (B, 1))
+    tokens[:, :8] = np.repeat(tokens[::G, :8], G, axis=0)  # a group's rows share its prompt
+    start = np.repeat(rng.integers(0, 4, (B // G, 1)), G, axis=0)
     completion_end = 8 + rng.integers(6, 13, (B, 1))
     pos = np.arange(T)[None]
     mask = (pos >= start) & (pos < completion_end)
@@ -92,9 +93,11 @@ def as_dtype(tree, dtype):
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "dr_grpo"])
-def test_micro_batches_and_a_mesh_give_the_one_batch_update(aggregation):
-    """In float64 the three agree to ~1e-14: only the order of the sums differs. (In float32
-    that reordering alone moves the update by ~1e-5 of its largest entry.)"""
+def test_micro_batches_a_mesh_and_a_start_give_the_one_batch_update(aggregation):
+    """In float64 the four agree to ~1e-14: only the order of the sums differs. (In float32
+    that reordering alone moves the update by ~1e-5 of its largest entry.) `start` = 8, the
+    prompt width, leaves the prompt's columns out of the output projection, and (micro-batches
+    of whole groups) runs each prompt once for its G rows."""
     dtype, tol = "float64", 1e-9
     model, state = tiny.random_model("qwen2")
     batch = make_batch(model, state)
@@ -111,10 +114,13 @@ def test_micro_batches_and_a_mesh_give_the_one_batch_update(aggregation):
             sharded, _, sharded_metrics = step(
                 sharded_state, batch, rl_config(**rl), model_dtype=dtype, mesh=mesh
             )
+        from_prompt, _, start_metrics = step(
+            state, batch.replace(start=8), rl_config(**rl, micro_batches=2), model_dtype=dtype
+        )  # each prompt run once for its group
         update = jax.tree.map(jnp.subtract, whole, state)
-        for other in (micro, sharded):
+        for other in (micro, sharded, from_prompt):
             assert max_rel_diff(jax.tree.map(jnp.subtract, other, state), update) <= tol
-        for m in (micro_metrics, sharded_metrics):
+        for m in (micro_metrics, sharded_metrics, start_metrics):
             for key in ("loss/total", "loss/pg", "loss/kl", "grad/norm", "clip/low", "ratio/max"):
                 np.testing.assert_allclose(m[key], metrics[key], rtol=tol, atol=tol)
     spec = jax.tree.leaves(sharded)[0].sharding.spec
