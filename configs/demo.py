@@ -7,7 +7,8 @@ On 2 CPU cores, in one command: the embedded generated tasks prepared by the dat
 minutes of SFT (fcrl.sft) to prime the answer format, then EGPO with the entropy bonus on
 (`rl.bonus=none`: the GRPO baseline). The same 300 validation tasks are evaluated greedily
 before SFT, after it and after RL; McNemar's test on the items that changed says whether RL
-beat its SFT start. The run folder is runs/demo (README, "The demo").
+beat its SFT start (at commit e12e84e: 0.367 → 0.410, p = 0.047, in 17.9 min). The run folder
+is runs/demo (README, "The demo").
 """
 
 import ml_collections
