@@ -1,4 +1,4 @@
-"""The README's first command, the demo (slow: about 20 min on 2 CPU cores), killed once
+"""The README's first command, the demo (slow: 21 min on 2 CPU cores), killed once
 during RL after its step-4 checkpoint and started again: it resumes there without redoing SFT,
 evaluates the same 300 held-out items before SFT, after it and after RL, shows RL beating its
 SFT start with McNemar's p < 0.05 (0.367 → 0.410, p = 0.047 at commit e12e84e, see the README),
