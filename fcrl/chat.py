@@ -5,7 +5,7 @@
 
 With tools, a system instruction lists them (JSON schema, as in BFCL's prompt mode) and asks for
 `<think>…</think><answer>[f(a=1), …]</answer>` (fmt "think_answer"), a bare BFCL call list
-("bfcl"), or, for templates that take a `tools` argument (Qwen2.5, Qwen3), the template's own
+("bfcl": BFCL's own prompt-mode system prompt, word for word), or, for templates that take a `tools` argument (Qwen2.5, Qwen3), the template's own
 `<tool_call>` blocks after a `<think>` span ("tool_call"). The text then goes through the model's
 chat template, so train, SFT, eval, generate, serve and the judge all see the same prompt.
 """
@@ -33,17 +33,28 @@ _ANSWER = {
         "keyword-argument calls: <answer>[func_name1(param=value), func_name2(param=value)]"
         "</answer>. Write <answer>[]</answer> when no function fits."
     ),
-    "bfcl": (
-        "If you decide to invoke any of the functions, you MUST put it in the format of "
-        "[func_name1(params_name1=params_value1, params_name2=params_value2...), "
-        "func_name2(params)]. You SHOULD NOT include any other text in the response."
-    ),
     "tool_call": (
         "First think step by step inside <think></think>, then make the calls with the tools "
         "you are given, or none when no tool fits."
     ),
 }
-
+# BFCL's default prompt-mode system prompt ("classic" style, plain text, JSON docs indented by
+# 4), word for word, its missing space and double space included; the functions follow it.
+# tests/chat_test.py checks it against bfcl_eval's formulate_system_prompt.
+_BFCL = (
+    "You are an expert in composing functions.You are given a question and a set of possible "
+    "functions. Based on the question, you will need to make one or more function/tool calls to "
+    "achieve the purpose. If none of the functions can be used, point it out. If the given "
+    "question lacks the parameters required by the function, also point it out.\n\n"
+    "You should only return the function calls in your response.\n\nIf you decide to invoke "
+    "any of the function(s), you MUST put it in the format of [func_name1(params_name1="
+    "params_value1, params_name2=params_value2...), func_name2(params)].  You SHOULD NOT include "
+    "any other text in the response.\n\nAt each turn, you should try your best to complete the "
+    "tasks requested by the user within the current turn. Continue to output functions to call "
+    "until you have fulfilled the user's request to the best of your ability. Once you have no "
+    "more functions to call, the system will consider the current turn complete and proceed to "
+    "the next turn or task.\n\nHere is a list of functions in json format that you can invoke.\n"
+)
 
 DOCS = ("json", "compact")  # how the system instruction lists the functions
 _COMPACT = (
@@ -73,6 +84,8 @@ def system_prompt(tools: Sequence[dict], fmt: str = "think_answer", docs: str = 
         raise ValueError(f"docs: {docs!r} is not one of {DOCS} (compact: think_answer only)")
     if docs == "compact":
         return "\n".join([_COMPACT, *(f"- {compact_doc(t)}" for t in tools)])
+    if fmt == "bfcl":
+        return _BFCL + json.dumps(list(tools), indent=4, ensure_ascii=False) + "\n"
     text = f"{_TASK}\n{_ANSWER[fmt]}"
     if fmt != "tool_call":
         text += "\nHere is a list of functions in JSON format that you can invoke:\n"

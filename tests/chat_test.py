@@ -86,3 +86,16 @@ def test_compact_docs_are_one_line_per_function(smollm2):
         chat.render(smollm2, ASK, tools, fmt="bfcl", docs="compact")
     with pytest.raises(ValueError, match="docs"):
         chat.render(smollm2, ASK, tools, docs="yaml")
+
+
+def test_bfcl_format_is_bfcls_own_system_prompt():
+    """fmt="bfcl" renders BFCL's default prompt-mode system prompt, word for word."""
+    from bfcl_eval.constants.default_prompts import DEFAULT_SYSTEM_PROMPT_FORMAT
+    from bfcl_eval.model_handler.utils import formulate_system_prompt
+
+    from fcrl.eval import bfcl
+
+    bfcl.official_accepts("[]", {}, "irrelevance")  # the checker's imports, with their stand-in
+    for entry in (bfcl.load("simple_python")[0], bfcl.load("live_multiple")[7]):
+        want = formulate_system_prompt(DEFAULT_SYSTEM_PROMPT_FORMAT, entry["function"])
+        assert chat.system_prompt(entry["function"], "bfcl") == want

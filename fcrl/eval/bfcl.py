@@ -5,6 +5,7 @@ The data is found without importing the package (its import pulls in vendor SDKs
 line is joined with its possible answer by id; irrelevance categories have ground truth [].
 """
 
+import ast
 import functools
 import importlib.util
 import json
@@ -14,19 +15,30 @@ import sys
 import tempfile
 import types
 
-# The python single-turn categories: (name, has possible answers).
+# Every single-turn category: (score group, language). Groups: "non_live" and "live" are AST
+# checks against possible answers; "irrelevance" is right without a call, "relevance" with any.
 CATEGORIES = {
-    "simple_python": True,
-    "multiple": True,
-    "parallel": True,
-    "parallel_multiple": True,
-    "live_simple": True,
-    "live_multiple": True,
-    "live_parallel": True,
-    "live_parallel_multiple": True,
-    "irrelevance": False,
-    "live_irrelevance": False,
+    "simple_python": ("non_live", "python"),
+    "simple_java": ("non_live", "java"),
+    "simple_javascript": ("non_live", "javascript"),
+    "multiple": ("non_live", "python"),
+    "parallel": ("non_live", "python"),
+    "parallel_multiple": ("non_live", "python"),
+    "live_simple": ("live", "python"),
+    "live_multiple": ("live", "python"),
+    "live_parallel": ("live", "python"),
+    "live_parallel_multiple": ("live", "python"),
+    "irrelevance": ("irrelevance", "python"),
+    "live_irrelevance": ("irrelevance", "python"),
+    "live_relevance": ("relevance", "python"),
 }
+# The python categories with a verdict per answer (our verifier's scope).
+PYTHON = tuple(c for c, (g, lang) in CATEGORIES.items() if lang == "python" and g != "relevance")
+
+
+def has_answers(category: str) -> bool:
+    """Whether the category is scored against possible answers (an AST category)."""
+    return CATEGORIES[category][0] in ("non_live", "live")
 
 
 def data_dir() -> pathlib.Path:
@@ -45,7 +57,7 @@ def load(category: str) -> list[dict]:
         raise ValueError(f"category: unknown {category!r}; expected one of {list(CATEGORIES)}")
     root = data_dir()
     tests = _jsonl(root / f"BFCL_v4_{category}.json")
-    if not CATEGORIES[category]:
+    if not has_answers(category):
         return [{**t, "ground_truth": []} for t in tests]
     answers = {
         a["id"]: a["ground_truth"]
@@ -66,25 +78,39 @@ def official_accepts(text: str, entry: dict, category: str) -> bool:
     """Whether BFCL's own checker accepts prompt-mode output `text` for `entry` of `category`.
 
     Mirrors eval_runner's _evaluate_single_ast_entry / _evaluate_single_relevance_entry with the
-    default prompt-mode decoder. Needs the checker's imports (requirements-test.txt). Note that
-    BFCL's decoder eval()s some expressions: pass it only text you would run.
+    default prompt-mode decoder. Needs the checker's imports (requirements.txt). BFCL's decoder
+    eval()s arithmetic and lambdas in argument values: `evals_code` says whether it would, and a
+    caller holding model output must not pass such text here.
     """
-    language, ast_checker, decode, is_empty, is_call_format = _official()
-    if "irrelevance" in category:
+    language, return_format, ast_checker, decode, is_empty, is_call_format = _official()
+    group, lang = CATEGORIES[category]
+    if group in ("irrelevance", "relevance"):
         try:
-            return is_empty(decode(text))
+            called = not is_empty(decode(text, return_format.PYTHON))
         except Exception:  # BFCL: text that does not decode holds no call
-            return True
+            called = False
+        return called == (group == "relevance")
     try:
-        decoded = decode(text)
+        decoded = decode(text, getattr(return_format, lang.upper()))
     except Exception:
         return False
     if not is_call_format(decoded):
         return False
-    result = ast_checker(
-        entry["function"], decoded, entry["ground_truth"], language.PYTHON, category, "fcrl"
-    )
+    result = ast_checker(entry["function"], decoded, entry["ground_truth"],
+                         getattr(language, lang.upper()), category, "fcrl")  # fmt: skip
     return result["valid"]
+
+
+def evals_code(text: str) -> bool:
+    """Whether BFCL's python decoder would eval() part of `text`: it runs `eval` on every binary
+    operation and lambda among the argument values, which model output must never reach."""
+    src = text.strip("`\n ")
+    src = ("" if src.startswith("[") else "[") + src + ("" if src.endswith("]") else "]")
+    try:  # the decoder's own steps (default_decode_ast_prompting, then ast_parse)
+        tree = ast.parse(src.strip().strip("'"), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    return any(isinstance(node, (ast.BinOp, ast.Lambda)) for node in ast.walk(tree))
 
 
 class _AnyModel(dict):
@@ -102,13 +128,14 @@ def _official():
     stand_in = types.ModuleType("bfcl_eval.constants.model_config")
     stand_in.MODEL_CONFIG_MAPPING = _AnyModel()
     sys.modules.setdefault("bfcl_eval.constants.model_config", stand_in)
-    from bfcl_eval.constants.enums import Language
+    from bfcl_eval.constants.enums import Language, ReturnFormat
     from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
     from bfcl_eval.model_handler.utils import default_decode_ast_prompting
     from bfcl_eval.utils import is_empty_output, is_function_calling_format_output
 
     return (
         Language,
+        ReturnFormat,
         ast_checker,
         default_decode_ast_prompting,
         is_empty_output,

@@ -1,0 +1,307 @@
+"""BFCL single-turn evaluation: prompts rendered by fcrl.chat, greedy outputs from the sampler,
+every output scored by our verifier and by BFCL's official checker.
+
+  python -m fcrl.eval --config configs/eval_bfcl.py --config.workdir=DIR
+
+writes, in DIR:
+- result/<model_name>/BFCL_v4_<category>_result.json: BFCL's own result layout, JSON lines
+  {"id", "result"} with the model's raw text (and token counts), for its tools to re-score;
+- scores.jsonl: one line per item, both verdicts and our reason;
+- summary.json / summary.md / summary.png: accuracies per category, the aggregate scores, the
+  agreement of the two scorers and every disagreement (fcrl.eval.report).
+Ids already in the result files are not generated again: a killed run resumes where it stopped.
+"""
+
+import json
+import os
+import pathlib
+import time
+import zlib
+
+import ml_collections
+import numpy as np
+import tqdm
+import transformers
+from absl import logging
+from flax import nnx
+
+from fcrl import chat, job
+from fcrl.eval import bfcl, report
+from fcrl.models import load_hf
+from fcrl.sampler import FINISH, Sampler, SamplingConfig
+from fcrl.verifier import parse, verify
+from fcrl.verifier.parse import Rejected
+
+FORMATS = ("think_answer", "bfcl")  # the output formats BFCL's prompt-mode decoder can read
+# Category names the config may use for a set of them.
+ALIASES = {
+    "single_turn": tuple(bfcl.CATEGORIES),
+    "python": tuple(c for c, (_, lang) in bfcl.CATEGORIES.items() if lang == "python"),
+}
+# What the outputs depend on: a workdir's results are resumed only under the same values.
+GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens")
+
+
+def categories_of(spec: str) -> list[str]:
+    """'a,b,…' (category names or ALIASES) -> category names, in BFCL's order."""
+    names = set()
+    for name in filter(None, (s.strip() for s in spec.split(","))):
+        if name not in bfcl.CATEGORIES and name not in ALIASES:
+            raise ValueError(f"categories: unknown {name!r}; expected names from "
+                             f"{[*ALIASES, *bfcl.CATEGORIES]}")  # fmt: skip
+        names.update(ALIASES.get(name, (name,)))
+    if not names:
+        raise ValueError("categories: none given")
+    return [c for c in bfcl.CATEGORIES if c in names]
+
+
+def check_config(config: ml_collections.ConfigDict) -> list[str]:
+    """Raises ValueError naming the first bad field; returns the categories."""
+    if config.fmt not in FORMATS:
+        raise ValueError(f"fmt: {config.fmt!r} is not one of {FORMATS} (BFCL's prompt-mode "
+                         "decoder reads these)")  # fmt: skip
+    chat.system_prompt([], config.fmt, config.docs)
+    for field in ("batch_size", "batch_tokens", "max_new_tokens"):
+        if config[field] < 1:
+            raise ValueError(f"{field}: must be ≥ 1, got {config[field]}")
+    if config.limit < 0:
+        raise ValueError(f"limit: must be ≥ 0 (0: every item), got {config.limit}")
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype: expected float32 or bfloat16, got {config.dtype!r}")
+    categories = categories_of(config.categories)
+    bfcl.data_dir()  # a missing bfcl-eval says so before the model loads
+    return categories
+
+
+def select(entries: list[dict], limit: int, seed: int, category: str) -> list[dict]:
+    """A seeded sample of `limit` entries (all with 0), in file order; the same for a category
+    whatever else the run holds."""
+    if not limit or limit >= len(entries):
+        return entries
+    rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
+    return [entries[i] for i in sorted(rng.choice(len(entries), limit, replace=False))]
+
+
+def buckets(context: int, max_new_tokens: int) -> tuple[int, ...]:
+    """Prompt widths: steps of about 1.5× from 256, then the widest the context leaves room for
+    (BFCL's live prompts with many functions run to thousands of tokens)."""
+    top = (context - max_new_tokens) // 64 * 64
+    if top < 64:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {context}")  # fmt: skip
+    steps = [256 * 2 ** (k // 2) * (3 if k % 2 else 2) // 2 for k in range(16)]  # 256, 384, 512…
+    return tuple(sorted({*(b for b in steps if b < top), top}))
+
+
+# ---------------------------------------------------------------- result files
+
+
+def result_file(workdir: pathlib.Path, model_name: str, category: str) -> pathlib.Path:
+    return workdir / "result" / model_name / f"BFCL_v4_{category}_result.json"
+
+
+def read_results(path: pathlib.Path) -> dict[str, dict]:
+    """id -> result row of a result file; a last line cut by a crash is dropped (atomically)."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = {}
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            rows[row["id"]] = row
+        except (ValueError, KeyError, TypeError):
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not a result row") from None
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{x}\n" for x in lines[:-1]), encoding="utf-8")
+            os.replace(tmp, path)
+    return rows
+
+
+def append_results(path: pathlib.Path, rows: list[dict]) -> None:
+    """One write per batch, flushed to disk before the next batch starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_settings(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """WORKDIR/generation.json: what the results were generated with; a resume must match it."""
+    path = workdir / "generation.json"
+    settings = {k: config[k] for k in GENERATION}
+    if path.exists():
+        held = json.loads(path.read_text())
+        for k in GENERATION:
+            if held.get(k) != settings[k]:
+                raise ValueError(f"workdir: {workdir} holds results generated with {k}="
+                                 f"{held.get(k)!r}, not {settings[k]!r}; use a new workdir")  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- generation
+
+
+def batches(items: list[dict], widths: tuple[int, ...], batch_size: int, batch_tokens: int):
+    """Fixed batches of items of one prompt width each, widest first (a memory limit shows at
+    once): `batch_tokens // width` rows (at most batch_size). Fixed, so that a resumed run pads
+    and batches every prompt exactly as an uninterrupted one."""
+    by_width = {}
+    for item in sorted(items, key=lambda x: (len(x["prompt_ids"]), x["category"], x["order"])):
+        width = min(w for w in widths if w >= len(item["prompt_ids"]))
+        by_width.setdefault(width, []).append(item)
+    for width in sorted(by_width, reverse=True):
+        rows = max(1, min(batch_size, batch_tokens // width))
+        group = by_width[width]
+        for i in range(0, len(group), rows):
+            yield width, rows, group[i : i + rows]
+
+
+def generate(sampler: Sampler, state: nnx.State, todo: list[tuple[int, int, list[dict]]],
+             write) -> dict:  # fmt: skip
+    """Runs every (width, rows, batch) of `todo`, the batch padded to its rows with repeats (so
+    one program serves a width), and hands its result rows to `write`; returns the speed."""
+    cost = [rows * (width + sampler.sampling.max_new_tokens) for width, rows, _ in todo]
+    bar = tqdm.tqdm(total=sum(cost), unit="tok", unit_scale=True, desc="bfcl", mininterval=5,
+                    dynamic_ncols=True)  # fmt: skip
+    t0, prompts, prompt_tokens, new_tokens = time.perf_counter(), 0, 0, 0
+    for (width, size, batch), c in zip(todo, cost, strict=True):
+        ids = [x["prompt_ids"] for x in batch]
+        out = sampler.sample(state, ids + ids[:1] * (size - len(batch)))
+        rows = []
+        for i, x in enumerate(batch):
+            n = int(out.lengths_B[i])
+            rows.append({"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
+                         "output_token_count": n, "finish_reason": FINISH[out.finish_B[i]]})  # fmt: skip
+            prompt_tokens, new_tokens = prompt_tokens + len(ids[i]), new_tokens + n
+        write(batch, rows)
+        prompts += len(batch)
+        bar.update(c)
+        bar.set_postfix(prompts=prompts, width=width, refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "prompts": prompts, "prompts_per_s": prompts / max(seconds, 1e-9),
+            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens}  # fmt: skip
+
+
+def timing(workdir: pathlib.Path) -> dict:
+    """The generation's figures summed over the run's sessions (WORKDIR/timing.jsonl)."""
+    path = workdir / "timing.jsonl"
+    parts = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    total = {k: sum(p[k] for p in parts) for k in ("seconds", "prompts", "prompt_tokens",
+                                                    "new_tokens")}  # fmt: skip
+    return total | {"sessions": len(parts),
+                    "prompts_per_s": total["prompts"] / max(total["seconds"], 1e-9)}  # fmt: skip
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def official_text(text: str, fmt: str) -> str:
+    """What BFCL's prompt-mode decoder reads of an output: in think_answer, as BFCL's handlers
+    for thinking models do, the text after </think> ("[]" without one), here out of its
+    <answer> tags."""
+    if fmt == "bfcl":
+        return text
+    head, sep, rest = text.partition("</think>")
+    if not sep:
+        return "[]"
+    rest = rest.strip()
+    rest = rest.removeprefix("<answer>").removesuffix("</answer>")
+    return rest
+
+
+def score_item(text: str, entry: dict, category: str, fmt: str) -> dict:
+    """Our verdict (with its reason) and the official one (None where BFCL's decoder would
+    eval() part of the text, which is never run)."""
+    group, language = bfcl.CATEGORIES[category]
+    if group == "relevance":  # right with any call
+        try:
+            calls = parse(text, fmt)
+            ours, reason = bool(calls), "ok" if calls else "no_call"
+        except Rejected as e:
+            ours, reason = False, e.reason
+    else:
+        verdict = verify(text, entry["ground_truth"], entry["function"], fmt)
+        ours, reason = verdict.reward == 1.0, verdict.reason
+    answer = official_text(text, fmt)
+    if language == "python" and bfcl.evals_code(answer):
+        official = None
+    else:
+        official = bfcl.official_accepts(answer, entry, category)
+    return {"ours": ours, "reason": reason, "official": official}
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Generates what the result files lack, scores everything, writes the summary."""
+    workdir = pathlib.Path(workdir)
+    categories = check_config(config)
+    entries = {c: select(bfcl.load(c), config.limit, config.seed, c) for c in categories}
+    model_dir = job.model_folder(config.model, workdir)
+    name = config.model_name or model_dir.name
+    check_settings(workdir, config)
+    job.write_config(config, workdir)
+
+    done = {c: read_results(result_file(workdir, name, c)) for c in categories}
+    pending = [(c, i, e) for c in categories for i, e in enumerate(entries[c])
+               if e["id"] not in done[c]]  # fmt: skip
+    if pending:
+        try:
+            model = load_hf(model_dir, dtype=config.dtype, param_dtype=config.dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"model: {model_dir} does not load ({e})") from e
+        context = model.cfg.max_position_embeddings
+        widths = tuple(config.buckets) or buckets(context, config.max_new_tokens)
+        sampling = SamplingConfig(
+            max_new_tokens=config.max_new_tokens,
+            temperature=0.0,
+            stop=("</answer>",) if config.fmt == "think_answer" else (),
+            buckets=widths,
+        )
+        items, too_long = [], {}
+        for c, order, entry in pending:
+            ids = chat.render(tokenizer, entry["question"][0], entry["function"], config.fmt,
+                              config.docs)  # fmt: skip
+            if len(ids) > max(widths):  # kept, with its reason, and scored as a failure
+                too_long.setdefault(c, []).append(
+                    {"id": entry["id"], "result": "", "input_token_count": len(ids),
+                     "output_token_count": 0, "error": f"prompt_too_long: {len(ids)} tokens > "
+                     f"{max(widths)} (context {context} − max_new_tokens)"})  # fmt: skip
+                continue
+            items.append({"category": c, "order": order, "id": entry["id"], "prompt_ids": ids})
+        for c, rows in too_long.items():
+            append_results(result_file(workdir, name, c), rows)
+        todo = list(batches(items, widths, config.batch_size, config.batch_tokens))
+        logging.info("bfcl: %d prompts to generate in %d batches (%d done)", len(items),
+                     len(todo), sum(map(len, done.values())))  # fmt: skip
+
+        def write(batch: list[dict], rows: list[dict]) -> None:
+            for c in categories:
+                mine = [r for x, r in zip(batch, rows, strict=True) if x["category"] == c]
+                if mine:
+                    append_results(result_file(workdir, name, c), mine)
+
+        sampler = Sampler(model, sampling, tokenizer, chat.eos_ids(model_dir, tokenizer))
+        speed = generate(sampler, nnx.state(model), todo, write)
+        with (workdir / "timing.jsonl").open("a") as f:
+            f.write(json.dumps(speed) + "\n")
+
+    scores = []
+    for c in categories:
+        results = read_results(result_file(workdir, name, c))
+        for entry in entries[c]:
+            text = results[entry["id"]]["result"]
+            scores.append({"id": entry["id"], "category": c,
+                           **score_item(text, entry, c, config.fmt), "text": text})  # fmt: skip
+    with (workdir / "scores.jsonl").open("w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
+    summary = report.summarize(scores, categories, entries, config, name, timing(workdir))
+    report.write(summary, workdir)
+    return summary
