@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "fmt": "think_answer",  # think_answer | bfcl
             "docs": "json",  # json | compact (think_answer only): how the functions are listed
             "dtype": "float32",
+            # End a row once both verdicts are fixed: think_answer, a text not opening with
+            # <think>; bfcl, one that cannot open a call list (fcrl.sampler.call_automaton).
+            "early_stop": True,
             "max_new_tokens": 512,
             "batch_size": 32,  # rows of a batch at most ...
             "batch_tokens": 16384,  # ... and rows × prompt width at most

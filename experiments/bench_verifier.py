@@ -29,7 +29,7 @@ NO_CALL = ["[]", "No function fits this request.", "[search_web(query='x')]"]
 def mixed_batch() -> list[tuple[str, str, dict, str]]:
     """(think_answer completion, prompt-mode answer, entry, category) for every case."""
     cases = []
-    for category in bfcl.CATEGORIES:
+    for category in bfcl.PYTHON:
         for entry in bfcl.load(category):
             if not entry["ground_truth"]:
                 answers = NO_CALL + [render([(f["name"], {})]) for f in entry["function"][:2]]
@@ -81,7 +81,7 @@ def main():
         ),
     }
     results["ratio_vs_official"] = results["verdicts_per_s"] / results["official_per_s"]
-    print(f"{n} completions from {len(bfcl.CATEGORIES)} BFCL categories, one core, "
+    print(f"{n} completions from {len(bfcl.PYTHON)} BFCL categories, one core, "
           f"median of {args.repeats}; reward 1 for {rewards.mean():.1%}, "
           f"agreement with the official checker {agree:.2%}")  # fmt: skip
     print(f"{'path':<44}{'verdicts/s':>12}")

@@ -5,9 +5,10 @@
 
 With tools, a system instruction lists them (JSON schema, as in BFCL's prompt mode) and asks for
 `<think>…</think><answer>[f(a=1), …]</answer>` (fmt "think_answer"), a bare BFCL call list
-("bfcl": BFCL's own prompt-mode system prompt, word for word), or, for templates that take a `tools` argument (Qwen2.5, Qwen3), the template's own
-`<tool_call>` blocks after a `<think>` span ("tool_call"). The text then goes through the model's
-chat template, so train, SFT, eval, generate, serve and the judge all see the same prompt.
+("bfcl", under BFCL's own prompt-mode system prompt, word for word), or, for templates that
+take a `tools` argument (Qwen2.5, Qwen3), the template's own `<tool_call>` blocks after a
+`<think>` span ("tool_call"). The text then goes through the model's chat template, so train,
+SFT, eval, generate, serve and the judge all see the same prompt.
 """
 
 import json

@@ -51,6 +51,9 @@ class SamplingConfig:
     # Finish a row as soon as its text, leading whitespace aside, cannot open with this (e.g.
     # "<think>" where the verdict of any other opening is already no_think); "" = off.
     require_prefix: str = ""
+    # Finish a row as soon as its text cannot open a BFCL call list (`call_automaton`): prose
+    # that no continuation turns into an accepted call. Not with require_prefix.
+    require_call: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -62,6 +65,10 @@ class SamplingConfig:
             "stop": (all(self.stop), "must not hold an empty string"),
             "buckets": (bool(self.buckets) and min(self.buckets) > 0, "must be positive"),
             "cache_dtype": (self.cache_dtype in (None, "float32", "bfloat16"), "is not a dtype"),
+            "require_call": (
+                not (self.require_call and self.require_prefix),
+                "cannot go with require_prefix",
+            ),  # fmt: skip
         }
         for field, (ok, why) in checks.items():
             if not ok:
@@ -206,6 +213,41 @@ def prefix_automaton(prefix: bytes) -> tuple[np.ndarray, np.ndarray]:
     for i, byte in enumerate(prefix):
         delta[i, byte] = i + 1
     return delta, np.arange(p + 2) == p + 1
+
+
+def call_automaton() -> tuple[np.ndarray, np.ndarray]:
+    """Whether a text can still open a call list as BFCL's prompt-mode decoder and ours read it:
+    next state [9, 256] and the failed state. Both decoders take the text as a list (adding the
+    brackets) and need its first element to be a call. A text fails for good where, after
+    leading whitespace and backticks and an optional `[`, a name (`a.b`, spaces allowed) is
+    followed by anything but `(`: prose ("You can…", "Sure,"), `[not f()]`, ```` ```python ````.
+    Its verdicts are then fixed whatever follows: no call. Anything that might open a call
+    expression otherwise (`(`, a quote, `[`, `{`, `#`, `\\`, a leading non-ASCII byte) accepts
+    for good, as does the first `(` after a name or a number (`1(x)` is a call to BFCL's decoder);
+    a number followed by a space and a name ("1. In the game…") fails.
+    States: 0 lead, 1 after `[`, 2 in a name, 3 after `.`, 4 after a name and space, 5 accepted,
+    6 failed, 7 in a number, 8 after a number and space."""
+    space = [b for b in range(128) if chr(b).isspace()]
+    start = [b for b in range(256) if b >= 128 or chr(b).isalpha() or b == ord("_")]
+    name = start + list(b"0123456789")
+    unicode = list(range(128, 256))  # leading: maybe Unicode whitespace, which ours strips
+    digits = list(b"0123456789")
+    opens = list(b"(\"'{.#\\")
+    after_name = list(b"([#\\")
+    delta = np.full((9, 256), 6, np.int32)
+    delta[5], delta[6] = 5, 6
+    for state, moves in {
+        0: {2: start, 5: [*opens, *unicode], 7: digits, 0: [*space, ord("`")], 1: [ord("[")]},
+        1: {5: [*opens, *b"[]"], 2: start, 7: digits, 1: space},  # `[]`: no call; it ends
+        2: {5: after_name, 2: name, 3: [ord(".")], 4: space},
+        3: {5: list(b"#\\"), 2: start, 3: space},
+        4: {5: after_name, 4: space, 3: [ord(".")]},
+        7: {5: after_name, 7: [*name, ord(".")], 8: space},  # 1.5, 1e3, 0x1f, 2j
+        8: {5: [*after_name, ord(".")], 8: space},
+    }.items():
+        for target, bytes_ in moves.items():
+            delta[state, bytes_] = target
+    return delta, np.arange(9) == 6
 
 
 def token_table(pieces: Sequence[bytes], delta: np.ndarray) -> np.ndarray:
@@ -396,14 +438,18 @@ def cached_attention(
     k_BGKE, v_BGKE = (x.reshape(b, g, k, e).astype(f32) for x in (k_BTKE, v_BTKE))
     prompt_k_BKSE, prompt_v_BKSE = prompt_k_BKSE.astype(f32), prompt_v_BKSE.astype(f32)
 
-    def scores(eq: str, keys: jax.Array) -> jax.Array:
-        return jnp.einsum(eq, q_BGKRE, keys)
+    # The prompt part as one [G·R, E] × [E, S] matmul per (prompt, kv head): G kept apart from R
+    # in these einsums makes XLA:CPU pick a layout 4× slower on long prompts.
+    q_BKQE = q_BGKRE.transpose(0, 2, 1, 3, 4).reshape(b, k, g * r, e)
+
+    def per_row(x_BKQX: jax.Array) -> jax.Array:
+        return x_BKQX.reshape(b, k, g, r, -1).transpose(0, 2, 1, 3, 4)
 
     scores_BGKRX = jnp.concatenate(
         [
-            scores("BGKRE,BKSE->BGKRS", prompt_k_BKSE),
-            scores("BGKRE,BGKNE->BGKRN", k_BGKNE),
-            scores("BGKRE,BGKE->BGKR", k_BGKE)[..., None],
+            per_row(jnp.einsum("BKQE,BKSE->BKQS", q_BKQE, prompt_k_BKSE)),
+            jnp.einsum("BGKRE,BGKNE->BGKRN", q_BGKRE, k_BGKNE),
+            jnp.einsum("BGKRE,BGKE->BGKR", q_BGKRE, k_BGKE)[..., None],
         ],
         axis=-1,
     ) / math.sqrt(e)
@@ -416,8 +462,9 @@ def cached_attention(
     )
     probs_BGKRX = jax.nn.softmax(scores_BGKRX, axis=-1)
     p_prompt, p_new, p_self = jnp.split(probs_BGKRX, [s, s + n], axis=-1)
+    p_BKQS = p_prompt.transpose(0, 2, 1, 3, 4).reshape(b, k, g * r, s)
     out_BGKRE = (
-        jnp.einsum("BGKRS,BKSE->BGKRE", p_prompt, prompt_v_BKSE)
+        per_row(jnp.einsum("BKQS,BKSE->BKQE", p_BKQS, prompt_v_BKSE))
         + jnp.einsum("BGKRN,BGKNE->BGKRE", p_new, v_BGKNE)
         + p_self * v_BGKE[:, :, :, None]
     )
@@ -494,16 +541,19 @@ class Sampler:
         cfg = model.cfg
         self.graphdef, self.cfg = nnx.graphdef(model), cfg
         self.sampling, self.tokenizer, self.mesh = sampling, tokenizer, mesh
-        text = sampling.stop or sampling.require_prefix
+        text = sampling.stop or sampling.require_prefix or sampling.require_call
         if text and tokenizer is None:
-            raise ValueError("sampling.stop and require_prefix need a tokenizer to match text")
+            raise ValueError("sampling.stop, require_prefix and require_call need a tokenizer "
+                             "to match text")  # fmt: skip
         no_text = [b""] * cfg.vocab_size  # without stop strings: one state, never accepting
         pieces = token_pieces(tokenizer, cfg.vocab_size) if text else no_text
         table_SV, accept_S = stop_table(pieces, sampling.stop)
-        prefix, failed_S = prefix_automaton(sampling.require_prefix.encode())
-        prefix_SV = (
-            token_table(pieces, prefix) if sampling.require_prefix else np.zeros_like(table_SV[:1])
-        )
+        if sampling.require_call:
+            prefix, failed_S = call_automaton()
+        else:
+            prefix, failed_S = prefix_automaton(sampling.require_prefix.encode())
+        required = sampling.require_prefix or sampling.require_call
+        prefix_SV = token_table(pieces, prefix) if required else np.zeros_like(table_SV[:1])
         self.tables = tuple(jnp.asarray(x) for x in (table_SV, accept_S, prefix_SV, failed_S))
         self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
 

@@ -337,3 +337,27 @@ def test_require_prefix_ends_rows_early_with_the_same_verdicts(tiny_model_dir):
         if FINISH[finish] == "format":
             assert not b.strip().startswith("<think>"[: len(b.strip())])
         assert verify(a, [], None).reason == verify(b, [], None).reason
+
+
+def test_require_call_ends_prose_rows_early_with_the_same_verdicts(tiny_model_dir):
+    """With require_call a row ends ("format") once its text cannot open a call list; every
+    ended text is a prefix of the full one and our verdict (fmt bfcl) on it is the same."""
+    from fcrl.verifier import verify
+
+    model = load_hf(tiny_model_dir, dtype="float32", param_dtype="float32")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer(f"prompt {i} f(")["input_ids"] for i in range(12)]
+    base = SamplingConfig(max_new_tokens=24, temperature=0.0, buckets=(32,))
+    full, early = (
+        Sampler(model, dataclasses.replace(base, require_call=c), tokenizer, [1]).sample(
+            nnx.state(model), prompts
+        )
+        for c in (False, True)
+    )
+    assert (early.lengths_B <= full.lengths_B).all()
+    assert "format" in [FINISH[f] for f in early.finish_B]
+    gt = [{"f": {"a": [1]}}]
+    for a, b in zip(full.texts, early.texts, strict=True):
+        assert a.startswith(b)
+        for truth in ([], gt):
+            assert verify(a, truth, None, "bfcl").reward == verify(b, truth, None, "bfcl").reward

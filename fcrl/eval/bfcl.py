@@ -14,6 +14,7 @@ import pathlib
 import sys
 import tempfile
 import types
+import warnings
 
 # Every single-turn category: (score group, language). Groups: "non_live" and "live" are AST
 # checks against possible answers; "irrelevance" is right without a call, "relevance" with any.
@@ -82,6 +83,12 @@ def official_accepts(text: str, entry: dict, category: str) -> bool:
     eval()s arithmetic and lambdas in argument values: `evals_code` says whether it would, and a
     caller holding model output must not pass such text here.
     """
+    with warnings.catch_warnings():  # its ast.parse warns on odd literals ("1st")
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return _official_accepts(text, entry, category)
+
+
+def _official_accepts(text: str, entry: dict, category: str) -> bool:
     language, return_format, ast_checker, decode, is_empty, is_call_format = _official()
     group, lang = CATEGORIES[category]
     if group in ("irrelevance", "relevance"):
@@ -107,7 +114,9 @@ def evals_code(text: str) -> bool:
     src = text.strip("`\n ")
     src = ("" if src.startswith("[") else "[") + src + ("" if src.endswith("]") else "]")
     try:  # the decoder's own steps (default_decode_ast_prompting, then ast_parse)
-        tree = ast.parse(src.strip().strip("'"), mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(src.strip().strip("'"), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return False
     return any(isinstance(node, (ast.BinOp, ast.Lambda)) for node in ast.walk(tree))

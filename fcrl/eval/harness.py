@@ -39,7 +39,7 @@ ALIASES = {
     "python": tuple(c for c, (_, lang) in bfcl.CATEGORIES.items() if lang == "python"),
 }
 # What the outputs depend on: a workdir's results are resumed only under the same values.
-GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens")
+GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens", "early_stop")
 
 
 def categories_of(spec: str) -> list[str]:
@@ -136,8 +136,9 @@ def check_settings(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> 
         held = json.loads(path.read_text())
         for k in GENERATION:
             if held.get(k) != settings[k]:
-                raise ValueError(f"workdir: {workdir} holds results generated with {k}="
-                                 f"{held.get(k)!r}, not {settings[k]!r}; use a new workdir")  # fmt: skip
+                raise ValueError(f"workdir: {workdir} holds results generated with "
+                                 f"{k}={held.get(k)!r}, not {settings[k]!r}; use a new "
+                                 "workdir")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -161,57 +162,61 @@ def batches(items: list[dict], widths: tuple[int, ...], batch_size: int, batch_t
 
 
 def generate(sampler: Sampler, state: nnx.State, todo: list[tuple[int, int, list[dict]]],
-             write) -> dict:  # fmt: skip
+             write) -> None:  # fmt: skip
     """Runs every (width, rows, batch) of `todo`, the batch padded to its rows with repeats (so
-    one program serves a width), and hands its result rows to `write`; returns the speed."""
+    one program serves a width), and hands its result rows and its time to `write`."""
     cost = [rows * (width + sampler.sampling.max_new_tokens) for width, rows, _ in todo]
     bar = tqdm.tqdm(total=sum(cost), unit="tok", unit_scale=True, desc="bfcl", mininterval=5,
                     dynamic_ncols=True)  # fmt: skip
-    t0, prompts, prompt_tokens, new_tokens = time.perf_counter(), 0, 0, 0
+    prompts = 0
     for (width, size, batch), c in zip(todo, cost, strict=True):
+        t0 = time.perf_counter()
         ids = [x["prompt_ids"] for x in batch]
         out = sampler.sample(state, ids + ids[:1] * (size - len(batch)))
         rows = []
         for i, x in enumerate(batch):
             n = int(out.lengths_B[i])
             rows.append({"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
-                         "output_token_count": n, "finish_reason": FINISH[out.finish_B[i]]})  # fmt: skip
-            prompt_tokens, new_tokens = prompt_tokens + len(ids[i]), new_tokens + n
-        write(batch, rows)
+                         "output_token_count": n,
+                         "finish_reason": FINISH[out.finish_B[i]]})  # fmt: skip
+        timing = {"seconds": time.perf_counter() - t0, "prompts": len(batch),
+                  "prompt_tokens": sum(map(len, ids[: len(batch)])),
+                  "new_tokens": sum(r["output_token_count"] for r in rows)}  # fmt: skip
+        write(batch, rows, timing)
         prompts += len(batch)
         bar.update(c)
         bar.set_postfix(prompts=prompts, width=width, refresh=False)
     bar.close()
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "prompts": prompts, "prompts_per_s": prompts / max(seconds, 1e-9),
-            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens}  # fmt: skip
 
 
 def timing(workdir: pathlib.Path) -> dict:
-    """The generation's figures summed over the run's sessions (WORKDIR/timing.jsonl)."""
+    """The generation's figures summed over its batches, of every session (timing.jsonl: one
+    line per batch, the first of a session with its compiling)."""
     path = workdir / "timing.jsonl"
-    parts = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    parts = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            parts.append(json.loads(line))
+        except ValueError:  # a line cut by a kill
+            continue
     total = {k: sum(p[k] for p in parts) for k in ("seconds", "prompts", "prompt_tokens",
                                                     "new_tokens")}  # fmt: skip
-    return total | {"sessions": len(parts),
-                    "prompts_per_s": total["prompts"] / max(total["seconds"], 1e-9)}  # fmt: skip
+    return total | {"prompts_per_s": total["prompts"] / max(total["seconds"], 1e-9)}
 
 
 # ---------------------------------------------------------------- scoring
 
 
 def official_text(text: str, fmt: str) -> str:
-    """What BFCL's prompt-mode decoder reads of an output: in think_answer, as BFCL's handlers
-    for thinking models do, the text after </think> ("[]" without one), here out of its
-    <answer> tags."""
+    """What BFCL's prompt-mode decoder reads of an output. In think_answer, as BFCL's handlers
+    for thinking models do, the text after </think>, out of its <answer> tags; "[]" (no call)
+    for a text that does not open with <think>, or has no </think>."""
     if fmt == "bfcl":
         return text
-    head, sep, rest = text.partition("</think>")
-    if not sep:
+    _, sep, rest = text.partition("</think>")
+    if not sep or not text.strip().startswith("<think>"):
         return "[]"
-    rest = rest.strip()
-    rest = rest.removeprefix("<answer>").removesuffix("</answer>")
-    return rest
+    return rest.strip().removeprefix("<answer>").removesuffix("</answer>")
 
 
 def score_item(text: str, entry: dict, category: str, fmt: str) -> dict:
@@ -259,11 +264,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
             raise ValueError(f"model: {model_dir} does not load ({e})") from e
         context = model.cfg.max_position_embeddings
         widths = tuple(config.buckets) or buckets(context, config.max_new_tokens)
+        think = config.fmt == "think_answer"
         sampling = SamplingConfig(
             max_new_tokens=config.max_new_tokens,
             temperature=0.0,
-            stop=("</answer>",) if config.fmt == "think_answer" else (),
+            stop=("</answer>",) if think else (),
             buckets=widths,
+            # Rows end once both verdicts are fixed (no call, whatever would follow).
+            require_prefix="<think>" if think and config.early_stop else "",
+            require_call=not think and config.early_stop,
         )
         items, too_long = [], {}
         for c, order, entry in pending:
@@ -282,16 +291,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
         logging.info("bfcl: %d prompts to generate in %d batches (%d done)", len(items),
                      len(todo), sum(map(len, done.values())))  # fmt: skip
 
-        def write(batch: list[dict], rows: list[dict]) -> None:
+        def write(batch: list[dict], rows: list[dict], speed: dict) -> None:
             for c in categories:
                 mine = [r for x, r in zip(batch, rows, strict=True) if x["category"] == c]
                 if mine:
                     append_results(result_file(workdir, name, c), mine)
+            append_results(workdir / "timing.jsonl", [speed])
 
         sampler = Sampler(model, sampling, tokenizer, chat.eos_ids(model_dir, tokenizer))
-        speed = generate(sampler, nnx.state(model), todo, write)
-        with (workdir / "timing.jsonl").open("a") as f:
-            f.write(json.dumps(speed) + "\n")
+        generate(sampler, nnx.state(model), todo, write)
 
     scores = []
     for c in categories:

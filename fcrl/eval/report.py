@@ -113,7 +113,8 @@ def markdown(summary: dict) -> str:
     lines = [f"# BFCL v4 single-turn: {summary['model']}{note}", "",
              f"fmt {summary['config']['fmt']}, docs {summary['config']['docs']}, greedy, "
              f"max_new_tokens {summary['config']['max_new_tokens']}", "",
-             "| category | n | ours | official | unchecked | agreement |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "| category | n | ours | official | unchecked | agreement |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for c, v in summary["categories"].items():
         lines.append(f"| {c} | {v['n']} | {_pct(v['ours'])} | {_pct(v['official'])} | "
                      f"{v['unchecked']} | {_pct(v['agreement'])} |")  # fmt: skip
