@@ -57,12 +57,11 @@ def load(category: str) -> list[dict]:
     if category not in CATEGORIES:
         raise ValueError(f"category: unknown {category!r}; expected one of {list(CATEGORIES)}")
     root = data_dir()
-    tests = _jsonl(root / f"BFCL_v4_{category}.json")
+    tests = jsonl(root / f"BFCL_v4_{category}.json")
     if not has_answers(category):
         return [{**t, "ground_truth": []} for t in tests]
     answers = {
-        a["id"]: a["ground_truth"]
-        for a in _jsonl(root / f"possible_answer/BFCL_v4_{category}.json")
+        a["id"]: a["ground_truth"] for a in jsonl(root / f"possible_answer/BFCL_v4_{category}.json")
     }
     missing = [t["id"] for t in tests if t["id"] not in answers]
     if missing:
@@ -70,7 +69,7 @@ def load(category: str) -> list[dict]:
     return [{**t, "ground_truth": answers[t["id"]]} for t in tests]
 
 
-def _jsonl(path: pathlib.Path) -> list[dict]:
+def jsonl(path: pathlib.Path) -> list[dict]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

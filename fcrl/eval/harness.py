@@ -12,6 +12,7 @@ writes, in DIR:
 Ids already in the result files are not generated again: a killed run resumes where it stopped.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,6 +28,7 @@ from flax import nnx
 
 from fcrl import chat, job
 from fcrl.eval import bfcl, report
+from fcrl.eval import multi_turn as mt
 from fcrl.models import load_hf
 from fcrl.sampler import FINISH, Sampler, SamplingConfig
 from fcrl.verifier import parse, verify
@@ -36,8 +38,10 @@ FORMATS = ("think_answer", "bfcl")  # the output formats BFCL's prompt-mode deco
 # Category names the config may use for a set of them.
 ALIASES = {
     "single_turn": tuple(bfcl.CATEGORIES),
+    "multi_turn": mt.CATEGORIES,
     "python": tuple(c for c, (_, lang) in bfcl.CATEGORIES.items() if lang == "python"),
 }
+ALL = (*bfcl.CATEGORIES, *mt.CATEGORIES)
 # What the outputs depend on: a workdir's results are resumed only under the same values.
 GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens", "early_stop")
 
@@ -46,13 +50,13 @@ def categories_of(spec: str) -> list[str]:
     """'a,b,…' (category names or ALIASES) -> category names, in BFCL's order."""
     names = set()
     for name in filter(None, (s.strip() for s in spec.split(","))):
-        if name not in bfcl.CATEGORIES and name not in ALIASES:
+        if name not in ALL and name not in ALIASES:
             raise ValueError(f"categories: unknown {name!r}; expected names from "
-                             f"{[*ALIASES, *bfcl.CATEGORIES]}")  # fmt: skip
+                             f"{[*ALIASES, *ALL]}")  # fmt: skip
         names.update(ALIASES.get(name, (name,)))
     if not names:
         raise ValueError("categories: none given")
-    return [c for c in bfcl.CATEGORIES if c in names]
+    return [c for c in ALL if c in names]
 
 
 def check_config(config: ml_collections.ConfigDict) -> list[str]:
@@ -161,32 +165,26 @@ def batches(items: list[dict], widths: tuple[int, ...], batch_size: int, batch_t
             yield width, rows, group[i : i + rows]
 
 
-def generate(sampler: Sampler, state: nnx.State, todo: list[tuple[int, int, list[dict]]],
-             write) -> None:  # fmt: skip
-    """Runs every (width, rows, batch) of `todo`, the batch padded to its rows with repeats (so
-    one program serves a width), and hands its result rows and its time to `write`."""
-    cost = [rows * (width + sampler.sampling.max_new_tokens) for width, rows, _ in todo]
-    bar = tqdm.tqdm(total=sum(cost), unit="tok", unit_scale=True, desc="bfcl", mininterval=5,
-                    dynamic_ncols=True)  # fmt: skip
-    prompts = 0
-    for (width, size, batch), c in zip(todo, cost, strict=True):
+def sample_batches(engine: "Engine", items: list[dict], config: ml_collections.ConfigDict,
+                   bar: tqdm.tqdm | None = None):  # fmt: skip
+    """Greedy completions of `items` in the fixed batches of `batches`, each padded to its rows
+    with repeats (so one program serves a width): yields (batch, result rows, timing)."""
+    for width, size, batch in batches(items, engine.widths, config.batch_size,
+                                      config.batch_tokens):  # fmt: skip
         t0 = time.perf_counter()
         ids = [x["prompt_ids"] for x in batch]
-        out = sampler.sample(state, ids + ids[:1] * (size - len(batch)))
-        rows = []
-        for i, x in enumerate(batch):
-            n = int(out.lengths_B[i])
-            rows.append({"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
-                         "output_token_count": n,
-                         "finish_reason": FINISH[out.finish_B[i]]})  # fmt: skip
+        out = engine.sampler.sample(engine.state, ids + ids[:1] * (size - len(batch)))
+        rows = [{"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
+                 "output_token_count": int(out.lengths_B[i]),
+                 "finish_reason": FINISH[out.finish_B[i]]}
+                for i, x in enumerate(batch)]  # fmt: skip
         timing = {"seconds": time.perf_counter() - t0, "prompts": len(batch),
                   "prompt_tokens": sum(map(len, ids[: len(batch)])),
                   "new_tokens": sum(r["output_token_count"] for r in rows)}  # fmt: skip
-        write(batch, rows, timing)
-        prompts += len(batch)
-        bar.update(c)
-        bar.set_postfix(prompts=prompts, width=width, refresh=False)
-    bar.close()
+        if bar is not None:
+            bar.update(size * (width + config.max_new_tokens))
+            bar.set_postfix(width=width, refresh=False)
+        yield batch, rows, timing
 
 
 def timing(workdir: pathlib.Path) -> dict:
@@ -243,27 +241,24 @@ def score_item(text: str, entry: dict, category: str, fmt: str) -> dict:
 # ---------------------------------------------------------------- the job
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Generates what the result files lack, scores everything, writes the summary."""
-    workdir = pathlib.Path(workdir)
-    categories = check_config(config)
-    entries = {c: select(bfcl.load(c), config.limit, config.seed, c) for c in categories}
-    model_dir = job.model_folder(config.model, workdir)
-    name = config.model_name or model_dir.name
-    check_settings(workdir, config)
-    job.write_config(config, workdir)
+@dataclasses.dataclass
+class Engine:
+    """The model, its tokenizer and a greedy sampler over the eval's prompt widths."""
 
-    done = {c: read_results(result_file(workdir, name, c)) for c in categories}
-    pending = [(c, i, e) for c in categories for i, e in enumerate(entries[c])
-               if e["id"] not in done[c]]  # fmt: skip
-    if pending:
+    sampler: Sampler
+    state: nnx.State
+    tokenizer: transformers.PreTrainedTokenizerBase
+    widths: tuple[int, ...]
+
+    @classmethod
+    def load(cls, model_dir: pathlib.Path, config: ml_collections.ConfigDict) -> "Engine":
         try:
             model = load_hf(model_dir, dtype=config.dtype, param_dtype=config.dtype)
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"model: {model_dir} does not load ({e})") from e
-        context = model.cfg.max_position_embeddings
-        widths = tuple(config.buckets) or buckets(context, config.max_new_tokens)
+        widths = tuple(config.buckets) or buckets(model.cfg.max_position_embeddings,
+                                                  config.max_new_tokens)  # fmt: skip
         think = config.fmt == "think_answer"
         sampling = SamplingConfig(
             max_new_tokens=config.max_new_tokens,
@@ -274,40 +269,102 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
             require_prefix="<think>" if think and config.early_stop else "",
             require_call=not think and config.early_stop,
         )
-        items, too_long = [], {}
-        for c, order, entry in pending:
-            ids = chat.render(tokenizer, entry["question"][0], entry["function"], config.fmt,
-                              config.docs)  # fmt: skip
-            if len(ids) > max(widths):  # kept, with its reason, and scored as a failure
-                too_long.setdefault(c, []).append(
-                    {"id": entry["id"], "result": "", "input_token_count": len(ids),
-                     "output_token_count": 0, "error": f"prompt_too_long: {len(ids)} tokens > "
-                     f"{max(widths)} (context {context} − max_new_tokens)"})  # fmt: skip
-                continue
-            items.append({"category": c, "order": order, "id": entry["id"], "prompt_ids": ids})
-        for c, rows in too_long.items():
-            append_results(result_file(workdir, name, c), rows)
-        todo = list(batches(items, widths, config.batch_size, config.batch_tokens))
-        logging.info("bfcl: %d prompts to generate in %d batches (%d done)", len(items),
-                     len(todo), sum(map(len, done.values())))  # fmt: skip
+        sampler = Sampler(model, sampling, tokenizer, chat.eos_ids(model_dir, tokenizer))
+        return cls(sampler, nnx.state(model), tokenizer, widths)
 
-        def write(batch: list[dict], rows: list[dict], speed: dict) -> None:
-            for c in categories:
-                mine = [r for x, r in zip(batch, rows, strict=True) if x["category"] == c]
-                if mine:
-                    append_results(result_file(workdir, name, c), mine)
+    def prompt(self, messages: list[dict], tools: list[dict], config) -> list[int] | str:
+        """The prompt's ids, or why it cannot run (kept, and scored as a failure)."""
+        ids = chat.render(self.tokenizer, messages, tools, config.fmt, config.docs)
+        if len(ids) > max(self.widths):
+            return (f"prompt_too_long: {len(ids)} tokens > {max(self.widths)} (the context "
+                    "less max_new_tokens)")  # fmt: skip
+        return ids
+
+
+def single_turn(engine: Engine, pending: list[tuple[str, int, dict]], config, out) -> None:
+    """Generates the pending (category, order, entry) items; `out(category, rows, timing)`."""
+    items = []
+    for c, order, entry in pending:
+        ids = engine.prompt(entry["question"][0], entry["function"], config)
+        if isinstance(ids, str):
+            out(c, [{"id": entry["id"], "result": "", "error": ids}], None)
+            continue
+        items.append({"category": c, "order": order, "id": entry["id"], "prompt_ids": ids})
+    cost = sum(min(w for w in engine.widths if w >= len(x["prompt_ids"])) + config.max_new_tokens
+               for x in items)  # fmt: skip
+    with tqdm.tqdm(total=cost, unit="tok", unit_scale=True, desc="bfcl single-turn",
+                   mininterval=5, dynamic_ncols=True) as bar:  # fmt: skip
+        for batch, rows, timing in sample_batches(engine, items, config, bar):
+            for c in dict.fromkeys(x["category"] for x in batch):
+                out(c, [r for x, r in zip(batch, rows, strict=True) if x["category"] == c], None)
+            out(None, [], timing)
+
+
+def multi_turn_chats(engine: Engine, pending: list[tuple[str, int, dict]], config, out) -> None:
+    """Runs the pending conversations in lockstep: each step one prompt per open conversation,
+    in fixed batches; a finished conversation's row goes to `out` at once."""
+    chats = [(c, order, mt.Conversation(entry, config.fmt)) for c, order, entry in pending]
+    with tqdm.tqdm(total=len(chats), unit="entry", desc="bfcl multi-turn",
+                   mininterval=5, dynamic_ncols=True) as bar:  # fmt: skip
+        while chats:
+            items = []
+            for i, (c, order, chat_) in enumerate(chats):
+                ids = engine.prompt(chat_.messages, chat_.functions, config)
+                if isinstance(ids, str):
+                    chat_.stop(ids)
+                    continue
+                items.append({"category": c, "order": (order, i), "id": chat_.entry["id"],
+                              "prompt_ids": ids, "chat": chat_})  # fmt: skip
+            for batch, rows, timing in sample_batches(engine, items, config):
+                for x, row in zip(batch, rows, strict=True):
+                    x["chat"].advance(row["result"])
+                out(None, [], timing)
+            for c, _, chat_ in chats:
+                if chat_.done:
+                    out(c, [chat_.result()], None)
+                    bar.update(1)
+            chats = [x for x in chats if not x[2].done]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Generates what the result files lack, scores everything, writes the summary."""
+    workdir = pathlib.Path(workdir)
+    categories = check_config(config)
+    entries = {c: select(mt.load(c) if c in mt.CATEGORIES else bfcl.load(c), config.limit,
+                         config.seed, c) for c in categories}  # fmt: skip
+    model_dir = job.model_folder(config.model, workdir)
+    name = config.model_name or model_dir.name
+    check_settings(workdir, config)
+    job.write_config(config, workdir)
+
+    def out(category: str | None, rows: list[dict], speed: dict | None) -> None:
+        if rows:
+            append_results(result_file(workdir, name, category), rows)
+        if speed:
             append_results(workdir / "timing.jsonl", [speed])
 
-        sampler = Sampler(model, sampling, tokenizer, chat.eos_ids(model_dir, tokenizer))
-        generate(sampler, nnx.state(model), todo, write)
+    done = {c: read_results(result_file(workdir, name, c)) for c in categories}
+    pending = [(c, i, e) for c in categories for i, e in enumerate(entries[c])
+               if e["id"] not in done[c]]  # fmt: skip
+    if pending:
+        engine = Engine.load(model_dir, config)
+        logging.info("bfcl: %d items to generate (%d done)", len(pending),
+                     sum(map(len, done.values())))  # fmt: skip
+        single_turn(engine, [p for p in pending if p[0] in bfcl.CATEGORIES], config, out)
+        multi_turn_chats(engine, [p for p in pending if p[0] in mt.CATEGORIES], config, out)
 
     scores = []
     for c in categories:
         results = read_results(result_file(workdir, name, c))
         for entry in entries[c]:
-            text = results[entry["id"]]["result"]
-            scores.append({"id": entry["id"], "category": c,
-                           **score_item(text, entry, c, config.fmt), "text": text})  # fmt: skip
+            row = results[entry["id"]]
+            if c in mt.CATEGORIES:
+                valid, reason = mt.score(row, entry)
+                verdicts = {"ours": None, "reason": reason, "official": valid}
+            else:
+                verdicts = score_item(row["result"], entry, c, config.fmt)
+            scores.append({"id": entry["id"], "category": c, **verdicts,
+                           "text": row["result"]})  # fmt: skip
     with (workdir / "scores.jsonl").open("w", encoding="utf-8") as f:
         f.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
     summary = report.summarize(scores, categories, entries, config, name, timing(workdir))

@@ -23,6 +23,8 @@ SIMPLE = ("simple_python", "simple_java", "simple_javascript")
 NON_LIVE = ("multiple", "parallel", "parallel_multiple")  # beside the mean of SIMPLE
 LIVE = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
 IRRELEVANCE = ("irrelevance", "live_irrelevance")
+MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param",
+              "multi_turn_long_context")  # fmt: skip
 # BFCL v4's overall: weights of its parts; multi-turn and agentic are not single-turn.
 V4_WEIGHTS = {"non_live_ast": 0.1, "live": 0.1, "irrelevance": 0.1, "multi_turn": 0.3,
               "agentic": 0.4}  # fmt: skip
@@ -46,11 +48,13 @@ def aggregates(acc: dict[str, float], n: dict[str, int]) -> dict:
     irr = [acc[c] for c in IRRELEVANCE if c in acc]
     out["irrelevance"] = part(float(np.mean(irr)) if irr else None, set(IRRELEVANCE) - set(acc))
     out["relevance"] = part(acc.get("live_relevance"), {"live_relevance"} - set(acc))
+    turns = [acc[c] for c in MULTI_TURN if c in acc]
+    out["multi_turn"] = part(float(np.mean(turns)) if turns else None, set(MULTI_TURN) - set(acc))
     nl, lv = out["non_live_ast"], out["live"]
     both = nl["value"] is not None and lv["value"] is not None
     out["overall_paper"] = part((nl["value"] + lv["value"]) / 2 if both else None,
                                 nl["missing"] + lv["missing"])  # fmt: skip
-    have = {k: out[k]["value"] for k in ("non_live_ast", "live", "irrelevance")}
+    have = {k: out[k]["value"] for k in ("non_live_ast", "live", "irrelevance", "multi_turn")}
     value = sum(V4_WEIGHTS[k] * (v or 0.0) for k, v in have.items())
     lacking = [k for k in V4_WEIGHTS if have.get(k) is None or out.get(k, {}).get("missing")]
     out["bfcl_v4_partial"] = part(value, lacking)  # missing parts count as 0
@@ -64,20 +68,22 @@ def summarize(scores: list[dict], categories: list[str], entries: dict, config, 
     per = {}
     for c in categories:
         rows = [s for s in scores if s["category"] == c]
-        checked = [s for s in rows if s["official"] is not None]
+        checked = [s for s in rows if s["official"] is not None and s["ours"] is not None]
+        scored = [s["ours"] for s in rows if s["ours"] is not None]
         per[c] = {
             "n": len(rows),
-            "ours": float(np.mean([s["ours"] for s in rows])),
+            # Multi-turn has one scorer, BFCL's state checker: None here.
+            "ours": float(np.mean(scored)) if scored else None,
             # Unchecked items (BFCL would eval() their text) count as failures here.
             "official": float(np.mean([bool(s["official"]) for s in rows])),
-            "unchecked": len(rows) - len(checked),
+            "unchecked": sum(s["official"] is None for s in rows),
             "agreement": float(np.mean([s["ours"] == s["official"] for s in checked]))
             if checked
             else None,  # fmt: skip
             "total": len(entries[c]) if not config.limit else None,
         }
     n = {c: v["n"] for c, v in per.items()}
-    checked = [s for s in scores if s["official"] is not None]
+    checked = [s for s in scores if s["official"] is not None and s["ours"] is not None]
     differ = [s for s in checked if s["ours"] != s["official"]]
     return {
         "model": model_name,
@@ -87,13 +93,16 @@ def summarize(scores: list[dict], categories: list[str], entries: dict, config, 
         },  # fmt: skip
         "sampled": bool(config.limit),
         "categories": per,
-        "ours": aggregates({c: v["ours"] for c, v in per.items()}, n),
+        # Multi-turn categories count by the state checker in both.
+        "ours": aggregates(
+            {c: v["official"] if v["ours"] is None else v["ours"] for c, v in per.items()}, n
+        ),  # fmt: skip
         "official": aggregates({c: v["official"] for c, v in per.items()}, n),
         "agreement": {
             "items": len(checked),
             "agree": len(checked) - len(differ),
             "fraction": (len(checked) - len(differ)) / len(checked) if checked else None,
-            "unchecked": len(scores) - len(checked),
+            "unchecked": sum(s["official"] is None for s in scores),
         },
         "disagreements": [
             {k: s[k] for k in ("id", "category", "ours", "official", "reason")} for s in differ
@@ -110,7 +119,7 @@ def _pct(x) -> str:
 def markdown(summary: dict) -> str:
     """The summary as markdown tables."""
     note = " (a seeded sample per category)" if summary["sampled"] else ""
-    lines = [f"# BFCL v4 single-turn: {summary['model']}{note}", "",
+    lines = [f"# BFCL v4: {summary['model']}{note}", "",
              f"fmt {summary['config']['fmt']}, docs {summary['config']['docs']}, greedy, "
              f"max_new_tokens {summary['config']['max_new_tokens']}", "",
              "| category | n | ours | official | unchecked | agreement |",
@@ -119,7 +128,8 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {c} | {v['n']} | {_pct(v['ours'])} | {_pct(v['official'])} | "
                      f"{v['unchecked']} | {_pct(v['agreement'])} |")  # fmt: skip
     names = {"non_live_ast": "Non-Live AST", "live": "Live", "irrelevance": "Irrelevance",
-             "relevance": "Relevance", "overall_paper": "Overall (paper: (Non-Live + Live) / 2)",
+             "relevance": "Relevance", "multi_turn": "Multi-Turn (BFCL's state checker)",
+             "overall_paper": "Overall (paper: (Non-Live + Live) / 2)",
              "bfcl_v4_partial": "BFCL v4 overall, partial (missing parts count 0)"}  # fmt: skip
     lines += ["", "| score | ours | official | missing parts |", "|---|---|---|---|"]
     for key, label in names.items():

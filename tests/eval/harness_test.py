@@ -15,8 +15,8 @@ import pytest
 from fcrl.eval import bfcl, harness
 from fcrl.sampler import call_automaton
 
-FRAGMENTS = ["You", " can", "[", "]", "f", "(", "a=1", ")", ",", " ", "\n", "`", "not ", ".",
-             "#", "'", "1", "2. ", "Sure", ":", "python", "x", "=", "lambda", "{", "\u00a0"]  # fmt: skip
+FRAGMENTS = ["You", " can", "[", "]", "f", "(", "a=1", ")", ",", " ", "\n", "`", "not ", ".", "#",
+             "'", "1", "2. ", "Sure", ":", "python", "x", "=", "lambda", "{", "\u00a0"]  # fmt: skip
 SUFFIXES = ["", "(a=1)]", " f(a=1)]", "[f(a=1)]", "calculate_triangle_area(base=10, height=5)]",
             ") or g(a=2)", "\n[calculate_triangle_area(base=10, height=5)]"]  # fmt: skip
 
@@ -53,7 +53,8 @@ def test_the_call_automaton_only_ends_texts_whose_verdicts_are_fixed():
                     assert bfcl.official_accepts(full, entry, category) == right, (full, category)
     assert failed > 300
     for right in ("[calculate_triangle_area(base=10, height=5)]", " ```\n[f(a=1)]```",
-                  "calculate_triangle_area (base=10)", "[ math . sqrt(x=1)]", "(f(a=1))"):  # fmt: skip
+                  "calculate_triangle_area (base=10)", "[ math . sqrt(x=1)]",
+                  "(f(a=1))"):  # fmt: skip
         assert not fails(right), right
 
 
@@ -103,20 +104,43 @@ def without_speed(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "speed"}
 
 
-def test_limit_3_over_every_category_resumes_after_sigkill(tiny_model_dir, tmp_path):
-    """One uninterrupted run, and one killed (SIGKILL) after its first results and started
-    again: the same result files (no id twice) and the same summary."""
-    root = pathlib.Path(__file__).resolve().parents[2]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = run_eval(eval_command(whole, tiny_model_dir))
+@pytest.fixture(scope="module")
+def whole(tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+    """A `--config.limit=3` run over every single-turn category, uninterrupted: its workdir."""
+    workdir = tmp_path_factory.mktemp("whole")
+    done = run_eval(eval_command(workdir, tiny_model_dir))
     assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+def test_limit_3_over_every_category(whole, tiny_model_dir):
+    """BFCL's result layout (every id once), both verdicts on every item, the summary files."""
     summary = json.loads((whole / "summary.json").read_text())
     assert set(summary["categories"]) == set(bfcl.CATEGORIES)
     assert all(v["n"] == 3 for v in summary["categories"].values())
     assert summary["agreement"]["items"] + summary["agreement"]["unchecked"] == 39
+    for category in bfcl.CATEGORIES:
+        path = whole / "result" / tiny_model_dir.name / f"BFCL_v4_{category}_result.json"
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        assert sorted(r["id"] for r in rows) == sorted(
+            e["id"] for e in harness.select(bfcl.load(category), 3, 0, category)
+        )
+        assert all(isinstance(r["result"], str) for r in rows)
+    scores = [json.loads(x) for x in (whole / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 39 and all(s["reason"] for s in scores)
     assert (whole / "summary.png").stat().st_size > 10_000
     assert "Overall (paper" in (whole / "summary.md").read_text()
+    again = run_eval(eval_command(whole, tiny_model_dir))  # all done: nothing generated
+    assert again.returncode == 0 and json.loads((whole / "summary.json").read_text()) == summary
 
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_resumes_to_the_same_results(whole, tiny_model_dir, tmp_path):
+    """A run killed (SIGKILL) after its first results and started again: the same result files
+    (no id twice, finished ids not generated again) and the same summary as `whole`'s."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    summary = json.loads((whole / "summary.json").read_text())
+    killed = tmp_path / "killed"
     process = subprocess.Popen(eval_command(killed, tiny_model_dir), cwd=root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     results = killed / "result" / tiny_model_dir.name
@@ -126,6 +150,7 @@ def test_limit_3_over_every_category_resumes_after_sigkill(tiny_model_dir, tmp_p
         if text.count("finish_reason") >= 4:  # a first batch generated
             break
         time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     before = {f.name: f.read_text().splitlines() for f in results.glob("*_result.json")}
@@ -136,16 +161,14 @@ def test_limit_3_over_every_category_resumes_after_sigkill(tiny_model_dir, tmp_p
         assert len({r["id"] for r in rows}) == len(rows) == 3, f.name
         kept = [json.loads(x) for x in before.get(f.name, []) if x.endswith("}")]
         assert rows[: len(kept)] == kept[: len(rows)]  # finished ids were not generated again
-        same = [json.loads(x) for x in (whole / "result" / tiny_model_dir.name / f.name).read_text()
-                .splitlines()]  # fmt: skip
+        same = [json.loads(x) for x in (whole / "result" / tiny_model_dir.name / f.name)
+                .read_text().splitlines()]  # fmt: skip
         assert sorted(rows, key=lambda r: r["id"]) == sorted(same, key=lambda r: r["id"])
-    assert without_speed(json.loads((killed / "summary.json").read_text())) == without_speed(
-        summary
-    )
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert without_speed(resumed) == without_speed(summary)
     # Each batch's time is kept with its results: the killed session's batches count too (the
     # one it was killed in, at most, twice or not at all).
-    speed = json.loads((killed / "summary.json").read_text())["speed"]
-    assert abs(speed["prompts"] - summary["speed"]["prompts"]) <= 4
+    assert abs(resumed["speed"]["prompts"] - summary["speed"]["prompts"]) <= 4
 
 
 @pytest.mark.parametrize(
@@ -178,3 +201,19 @@ def test_missing_bfcl_eval_says_how_to_install_it(tiny_model_dir, tmp_path):
     done = run_eval([sys.executable, "-c", hide, *eval_command(tmp_path / "w", tiny_model_dir)[3:]])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "pip install --no-deps bfcl-eval" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_multi_turn_entries_too_long_for_the_context_are_kept_as_failures(tiny_model_dir, tmp_path):
+    """The tiny model's 4k context holds no multi-turn prompt (its tokenizer is per character):
+    each entry is a result row with its reason, scored by the state checker as a failure."""
+    done = run_eval(eval_command(tmp_path, tiny_model_dir, "--config.categories=multi_turn",
+                                 "--config.limit=1"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["categories"]) == set(harness.mt.CATEGORIES)
+    assert (
+        summary["ours"]["multi_turn"]["value"] == 0.0
+        and not summary["ours"]["multi_turn"]["missing"]
+    )
+    scores = [json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert all(s["reason"].startswith("prompt_too_long") and s["ours"] is None for s in scores)

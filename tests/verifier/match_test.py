@@ -84,7 +84,7 @@ BASE = {"city": "NYC", "nights": 3}
 def test_bfcl_rules(args, expected):
     assert judge(args) == expected
     entry = {"function": TOOLS, "ground_truth": GT}
-    assert official_accepts(render([("book", args)]), entry, "simple") == (expected == "ok")
+    assert official_accepts(render([("book", args)]), entry, "simple_python") == (expected == "ok")
 
 
 def test_array_element_types():
@@ -95,7 +95,7 @@ def test_array_element_types():
     for rooms, ok in [([1, 2], True), ([1, "2"], False), ([1.0, 2.0], False)]:
         text = render([("book", {"city": "NYC", "rooms": rooms})])
         entry = {"function": TOOLS, "ground_truth": gt}
-        assert official_accepts(text, entry, "simple") == ok
+        assert official_accepts(text, entry, "simple_python") == ok
 
 
 def test_wrong_function():
