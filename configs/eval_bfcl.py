@@ -33,6 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "max_new_tokens": 512,
             "batch_size": 32,  # rows of a batch at most ...
             "batch_tokens": 16384,  # ... and rows × prompt width at most
-            "buckets": (),  # prompt widths; () = steps of 1.5× from 256 up to the context
+            "buckets": (),  # prompt widths; () = steps of 1.5× from 64 up to the context
+            # Entries with the same functions, up to `share` of them, run their prompts' common
+            # prefix (the system prompt with the docs) once; 1 = off.
+            "share": 4,
         }
     )

@@ -217,27 +217,26 @@ def prefix_automaton(prefix: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 def call_automaton() -> tuple[np.ndarray, np.ndarray]:
     """Whether a text can still open a call list as BFCL's prompt-mode decoder and ours read it:
-    next state [9, 256] and the failed state. Both decoders take the text as a list (adding the
-    brackets) and need its first element to be a call. A text fails for good where, after
-    leading whitespace and backticks and an optional `[`, a name (`a.b`, spaces allowed) is
-    followed by anything but `(`: prose ("You can…", "Sure,"), `[not f()]`, ```` ```python ````.
-    Its verdicts are then fixed whatever follows: no call. Anything that might open a call
-    expression otherwise (`(`, a quote, `[`, `{`, `#`, `\\`, a leading non-ASCII byte) accepts
-    for good, as does the first `(` after a name or a number (`1(x)` is a call to BFCL's decoder);
-    a number followed by a space and a name ("1. In the game…") fails.
+    next state [states, 256] and the failed state. Both decoders take the text as a list (adding
+    the brackets) and need its first element to be a call. A text fails for good where, after
+    leading whitespace (Unicode's too) and backticks and an optional `[`, a name (`a.b`, spaces
+    allowed) is followed by anything but `(`: prose ("You can…", "Sure,", "중지는 이름을"),
+    `[not f()]`, ```` ```python ````; or where a number is followed by a space and a name
+    ("1. In the game…"). Its verdicts are then fixed whatever follows: no call. Anything else
+    that might open a call expression (`(`, a quote, `[`, `{`, `#`, `\\`) accepts for good, as
+    does the first `(` after a name or a number (`1(x)` is a call to BFCL's decoder).
     States: 0 lead, 1 after `[`, 2 in a name, 3 after `.`, 4 after a name and space, 5 accepted,
-    6 failed, 7 in a number, 8 after a number and space."""
+    6 failed, 7 in a number, 8 after a number and space, 9… inside a leading Unicode space."""
     space = [b for b in range(128) if chr(b).isspace()]
     start = [b for b in range(256) if b >= 128 or chr(b).isalpha() or b == ord("_")]
     name = start + list(b"0123456789")
-    unicode = list(range(128, 256))  # leading: maybe Unicode whitespace, which ours strips
     digits = list(b"0123456789")
     opens = list(b"(\"'{.#\\")
     after_name = list(b"([#\\")
     delta = np.full((9, 256), 6, np.int32)
     delta[5], delta[6] = 5, 6
     for state, moves in {
-        0: {2: start, 5: [*opens, *unicode], 7: digits, 0: [*space, ord("`")], 1: [ord("[")]},
+        0: {2: start, 5: opens, 7: digits, 0: [*space, ord("`")], 1: [ord("[")]},
         1: {5: [*opens, *b"[]"], 2: start, 7: digits, 1: space},  # `[]`: no call; it ends
         2: {5: after_name, 2: name, 3: [ord(".")], 4: space},
         3: {5: list(b"#\\"), 2: start, 3: space},
@@ -247,7 +246,23 @@ def call_automaton() -> tuple[np.ndarray, np.ndarray]:
     }.items():
         for target, bytes_ in moves.items():
             delta[state, bytes_] = target
-    return delta, np.arange(9) == 6
+    # Leading Unicode whitespace, which our verifier strips: a trie over its UTF-8 bytes from
+    # state 0 (back to 0 once a character is complete); any other non-ASCII character is a
+    # name's (state 2), its mismatching byte read as state 2 reads it.
+    chars = [chr(c).encode() for c in range(128, 0x3001) if chr(c).isspace()]
+    trie = {}
+    for char in chars:
+        for i in range(1, len(char)):
+            trie.setdefault(char[:i], 9 + len(trie))
+    delta = np.concatenate([delta, np.repeat(delta[2:3], len(trie), axis=0)])
+    for head, state in {b"": 0, **trie}.items():
+        for byte in range(128, 256):
+            ahead = head + bytes([byte])
+            if ahead in trie:
+                delta[state, byte] = trie[ahead]
+            elif ahead in chars:
+                delta[state, byte] = 0
+    return delta, np.arange(len(delta)) == 6
 
 
 def token_table(pieces: Sequence[bytes], delta: np.ndarray) -> np.ndarray:
@@ -380,17 +395,57 @@ def prefill(
 ) -> tuple[PromptCache, DecodeState]:
     """Runs the prompts once, keeps their cache, and samples every row's first token."""
     model = nnx.merge(graphdef, state)
+    x_BSD, k_LBSKE, v_LBSKE = model.hidden(prompt_BS, mask_BS)
+    tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
+    return start(model, x_BSD[:, -1:], k_LBSKE, v_LBSKE, mask_BS, key, tables, sampling)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def prefill_shared(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prefix_PS: jax.Array,
+    prefix_mask_PS: jax.Array,
+    suffix_BQ: jax.Array,
+    suffix_mask_BQ: jax.Array,
+    key: jax.Array,
+    eos: jax.Array,
+    stop_SV: jax.Array,
+    accept_S: jax.Array,
+    prefix_SV: jax.Array,
+    failed_S: jax.Array,
+    sampling: SamplingConfig,
+) -> tuple[PromptCache, DecodeState]:
+    """`prefill` of B = P·M prompts [prefix | suffix], M consecutive prompts sharing each of P
+    prefixes, with each prefix run once (Decoder.hidden_shared); the prompt cache holds the
+    prefix's keys and values in every one of its prompts' rows."""
+    model = nnx.merge(graphdef, state)
+    m = suffix_BQ.shape[0] // prefix_PS.shape[0]
+    _, x_BQD, (k_LPSKE, v_LPSKE, k_LBQKE, v_LBQKE) = model.hidden_shared(
+        prefix_PS, prefix_mask_PS, suffix_BQ, suffix_mask_BQ
+    )
+    k_LBXKE, v_LBXKE = (jnp.concatenate([jnp.repeat(p, m, axis=1), q], axis=2)
+                        for p, q in ((k_LPSKE, k_LBQKE), (v_LPSKE, v_LBQKE)))  # fmt: skip
+    mask_BX = jnp.concatenate([jnp.repeat(prefix_mask_PS, m, axis=0), suffix_mask_BQ], axis=1)
+    tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
+    return start(model, x_BQD[:, -1:], k_LBXKE, v_LBXKE, mask_BX, key, tables, sampling)
+
+
+def start(model: Decoder, last_B1D: jax.Array, k_LBSKE: jax.Array, v_LBSKE: jax.Array,
+          mask_BS: jax.Array, key: jax.Array, tables: tuple,
+          sampling: SamplingConfig) -> tuple[PromptCache, DecodeState]:  # fmt: skip
+    """The prompt cache and the decode state after each row's first sampled token; `last_B1D`
+    is the prompts' last (real: they are left-padded) state."""
     cfg, g, n = model.cfg, sampling.num_samples, sampling.max_new_tokens
     dtype = sampling.cache_dtype or cfg.dtype
-    x_BSD, k_LBSKE, v_LBSKE = model.hidden(prompt_BS, mask_BS)
-    logits_BV = jnp.repeat(model.logits(x_BSD[:, -1:])[:, 0], g, axis=0)  # last column is real
+    logits_BV = jnp.repeat(model.logits(last_B1D)[:, 0], g, axis=0)
     prompt = PromptCache(
         k_LBKSE=constrain(k_LBSKE.transpose(0, 1, 3, 2, 4).astype(dtype), "cache_LBKSE"),
         v_LBKSE=constrain(v_LBSKE.transpose(0, 1, 3, 2, 4).astype(dtype), "cache_LBKSE"),
         mask_BS=mask_BS,
         lengths_B=mask_BS.sum(axis=1),
     )
-    rows = prompt_BS.shape[0] * g
+    rows = mask_BS.shape[0] * g
     cache_LBKNE = jnp.zeros((cfg.num_layers, rows, cfg.num_kv_heads, n, cfg.head_dim), dtype)
     zeros_BN = jnp.zeros((rows, n), jnp.float32)
     s = DecodeState(
@@ -406,7 +461,6 @@ def prefill(
         k_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
         v_LBKNE=constrain(cache_LBKNE, "cache_LBKSE"),
     )
-    tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
     return prompt, advance(s, logits_BV, *tables, sampling)
 
 
@@ -584,19 +638,45 @@ class Sampler:
             prompt_BS[row, width - len(ids) :], mask_BS[row, width - len(ids) :] = ids, True
         return prompt_BS, mask_BS
 
+    def shared(self, prefixes: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]]
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The padded prefixes, once they are checked against their suffixes."""
+        if not prefixes or len(suffixes) % len(prefixes):
+            raise ValueError(f"sampler: {len(prefixes)} prefixes do not divide "
+                             f"{len(suffixes)} prompts")  # fmt: skip
+        m, context = len(suffixes) // len(prefixes), self.cfg.max_position_embeddings
+        for i, ids in enumerate(suffixes):
+            total = len(prefixes[i // m]) + len(ids) + self.sampling.max_new_tokens
+            if total > context:
+                raise ValueError(f"sampler: prompt {i} with its prefix and max_new_tokens "
+                                 f"is {total} tokens, over the context of {context}")  # fmt: skip
+        return self.pad(prefixes)
+
     def sample(
-        self, state: nnx.State, prompts: Sequence[Sequence[int]], seed: int | jax.Array = 0
-    ) -> Rollouts:
-        """G completions of each token-id prompt; `seed` is an int or a PRNG key."""
+        self, state: nnx.State, prompts: Sequence[Sequence[int]], seed: int | jax.Array = 0,
+        prefixes: Sequence[Sequence[int]] | None = None,
+    ) -> Rollouts:  # fmt: skip
+        """G completions of each token-id prompt; `seed` is an int or a PRNG key. With
+        `prefixes` (P of them, P dividing the prompts), prompt i is prefixes[i // M] + prompts[i]
+        for M = len(prompts) / P, and each prefix runs through the model once."""
         sampling = self.sampling
         prompt_BS, mask_BS = self.pad(prompts)
         key = jax.random.key(seed) if isinstance(seed, int) else seed
         mesh = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
         tables = (self.eos, *self.tables)
         with mesh:
-            prompt, s = prefill(
-                self.graphdef, state, prompt_BS, mask_BS, key, *tables, sampling=sampling
-            )
+            if prefixes is None:
+                prompt, s = prefill(
+                    self.graphdef, state, prompt_BS, mask_BS, key, *tables, sampling=sampling
+                )
+            else:
+                prefix_PS, prefix_mask_PS = self.shared(prefixes, prompts)
+                prompt, s = prefill_shared(self.graphdef, state, prefix_PS, prefix_mask_PS,
+                                           prompt_BS, mask_BS, key, *tables,
+                                           sampling=sampling)  # fmt: skip
+                m = len(prompts) // len(prefixes)
+                prompt_BS = np.concatenate([np.repeat(prefix_PS, m, axis=0), prompt_BS], axis=1)
+                mask_BS = np.concatenate([np.repeat(prefix_mask_PS, m, axis=0), mask_BS], axis=1)
             s = decode(self.graphdef, state, prompt, s, *tables, sampling=sampling)
         tokens_BN, lengths_B = np.asarray(s.tokens_BN), np.asarray(s.lengths_B)
         finish_B = np.asarray(s.finish_B)

@@ -361,3 +361,27 @@ def test_require_call_ends_prose_rows_early_with_the_same_verdicts(tiny_model_di
         assert a.startswith(b)
         for truth in ([], gt):
             assert verify(a, truth, None, "bfcl").reward == verify(b, truth, None, "bfcl").reward
+
+
+@pytest.mark.parametrize("kind", tiny.KINDS)
+def test_shared_prefixes_equal_the_whole_prompts(kind):
+    """Two prefixes, three prompts each: greedy tokens equal the no-cache argmax loop over each
+    [prefix | prompt], and the recorded log-probs a teacher-forced recompute of the rows."""
+    model, state = tiny.random_model(kind)
+    prefixes = [list(range(40, 61)), [7, 9]]
+    suffixes = PROMPTS + [[3, 4], [11] * 9, [60, 50, 40, 30]]
+    whole = [prefixes[i // 3] + s for i, s in enumerate(suffixes)]
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=24, temperature=0, buckets=(32,))
+    sampler = Sampler(model, sampling, None, [])
+    rollouts = sampler.sample(state, suffixes, prefixes=prefixes)
+    expected = reference_greedy(model, state, whole, 24)
+    np.testing.assert_array_equal(rollouts.tokens_BN, np.repeat(expected, 2, axis=0))
+    shown = [row["prompt_ids"] for row in rollouts.rows()[::2]]
+    assert shown == whole
+    hot = dataclasses.replace(sampling, temperature=0.8)
+    rollouts = Sampler(model, hot, None, []).sample(state, suffixes, seed=3, prefixes=prefixes)
+    chosen, entropy, completion = teacher_forced(model, state, rollouts, 0.8)
+    assert np.abs(rollouts.logprobs_BN - chosen)[completion].max() <= 1e-4  # as above
+    assert np.abs(rollouts.entropies_BN - entropy)[completion].max() <= 1e-4
+    with pytest.raises(ValueError, match="2 prefixes do not divide 5 prompts"):
+        sampler.sample(state, suffixes[:5], prefixes=prefixes)

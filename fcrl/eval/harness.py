@@ -13,6 +13,7 @@ Ids already in the result files are not generated again: a killed run resumes wh
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -43,7 +44,7 @@ ALIASES = {
 }
 ALL = (*bfcl.CATEGORIES, *mt.CATEGORIES)
 # What the outputs depend on: a workdir's results are resumed only under the same values.
-GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens", "early_stop")
+GENERATION = ("model", "fmt", "docs", "dtype", "max_new_tokens", "early_stop", "share")
 
 
 def categories_of(spec: str) -> list[str]:
@@ -65,7 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"fmt: {config.fmt!r} is not one of {FORMATS} (BFCL's prompt-mode "
                          "decoder reads these)")  # fmt: skip
     chat.system_prompt([], config.fmt, config.docs)
-    for field in ("batch_size", "batch_tokens", "max_new_tokens"):
+    for field in ("batch_size", "batch_tokens", "max_new_tokens", "share"):
         if config[field] < 1:
             raise ValueError(f"{field}: must be ≥ 1, got {config[field]}")
     if config.limit < 0:
@@ -87,13 +88,13 @@ def select(entries: list[dict], limit: int, seed: int, category: str) -> list[di
 
 
 def buckets(context: int, max_new_tokens: int) -> tuple[int, ...]:
-    """Prompt widths: steps of about 1.5× from 256, then the widest the context leaves room for
-    (BFCL's live prompts with many functions run to thousands of tokens)."""
+    """Prompt widths: steps of about 1.5× from 64 (a shared prompt's suffixes are short), then
+    the widest the context leaves room for (BFCL's live prompts run to thousands of tokens)."""
     top = (context - max_new_tokens) // 64 * 64
     if top < 64:
         raise ValueError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in the "
                          f"model's context of {context}")  # fmt: skip
-    steps = [256 * 2 ** (k // 2) * (3 if k % 2 else 2) // 2 for k in range(16)]  # 256, 384, 512…
+    steps = [64 * 2 ** (k // 2) * (3 if k % 2 else 2) // 2 for k in range(20)]  # 64, 96, 128…
     return tuple(sorted({*(b for b in steps if b < top), top}))
 
 
@@ -151,9 +152,9 @@ def check_settings(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> 
 
 
 def batches(items: list[dict], widths: tuple[int, ...], batch_size: int, batch_tokens: int):
-    """Fixed batches of items of one prompt width each, widest first (a memory limit shows at
-    once): `batch_tokens // width` rows (at most batch_size). Fixed, so that a resumed run pads
-    and batches every prompt exactly as an uninterrupted one."""
+    """Batches of items of one prompt width each, widest first (a memory limit shows at once):
+    `batch_tokens // width` rows (at most batch_size), the rest by `cuts`. A row's result does
+    not depend on its batch-mates, only on the program's shapes."""
     by_width = {}
     for item in sorted(items, key=lambda x: (len(x["prompt_ids"]), x["category"], x["order"])):
         width = min(w for w in widths if w >= len(item["prompt_ids"]))
@@ -161,30 +162,35 @@ def batches(items: list[dict], widths: tuple[int, ...], batch_size: int, batch_t
     for width in sorted(by_width, reverse=True):
         rows = max(1, min(batch_size, batch_tokens // width))
         group = by_width[width]
-        for i in range(0, len(group), rows):
-            yield width, rows, group[i : i + rows]
+        for i, size in cuts(len(group), rows):
+            yield width, size, group[i : i + size]
 
 
-def sample_batches(engine: "Engine", items: list[dict], config: ml_collections.ConfigDict,
-                   bar: tqdm.tqdm | None = None):  # fmt: skip
-    """Greedy completions of `items` in the fixed batches of `batches`, each padded to its rows
-    with repeats (so one program serves a width): yields (batch, result rows, timing)."""
-    for width, size, batch in batches(items, engine.widths, config.batch_size,
-                                      config.batch_tokens):  # fmt: skip
+def cuts(n: int, full: int) -> list[tuple[int, int]]:
+    """(start, size) of batches over n items: `full` at a time, the rest in powers of two (no
+    padding rows, and few batch sizes to compile)."""
+    out, i = [], 0
+    while i < n:
+        size = full if n - i >= full else 1 << (n - i).bit_length() - 1
+        out.append((i, size))
+        i += size
+    return out
+
+
+def sample_batches(engine: "Engine", items: list[dict], config: ml_collections.ConfigDict):
+    """Greedy completions of `items` in the fixed batches of `batches`: yields (batch, result
+    rows, timing)."""
+    for _, _, batch in batches(items, engine.widths, config.batch_size, config.batch_tokens):
+        if not any(x["write"] for x in batch):
+            continue
         t0 = time.perf_counter()
         ids = [x["prompt_ids"] for x in batch]
-        out = engine.sampler.sample(engine.state, ids + ids[:1] * (size - len(batch)))
+        out = engine.sampler.sample(engine.state, ids)
         rows = [{"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
                  "output_token_count": int(out.lengths_B[i]),
                  "finish_reason": FINISH[out.finish_B[i]]}
                 for i, x in enumerate(batch)]  # fmt: skip
-        timing = {"seconds": time.perf_counter() - t0, "prompts": len(batch),
-                  "prompt_tokens": sum(map(len, ids[: len(batch)])),
-                  "new_tokens": sum(r["output_token_count"] for r in rows)}  # fmt: skip
-        if bar is not None:
-            bar.update(size * (width + config.max_new_tokens))
-            bar.set_postfix(width=width, refresh=False)
-        yield batch, rows, timing
+        yield batch, rows, _timing(t0, rows)
 
 
 def timing(workdir: pathlib.Path) -> dict:
@@ -281,23 +287,100 @@ class Engine:
         return ids
 
 
-def single_turn(engine: Engine, pending: list[tuple[str, int, dict]], config, out) -> None:
-    """Generates the pending (category, order, entry) items; `out(category, rows, timing)`."""
-    items = []
-    for c, order, entry in pending:
-        ids = engine.prompt(entry["question"][0], entry["function"], config)
-        if isinstance(ids, str):
-            out(c, [{"id": entry["id"], "result": "", "error": ids}], None)
-            continue
-        items.append({"category": c, "order": order, "id": entry["id"], "prompt_ids": ids})
-    cost = sum(min(w for w in engine.widths if w >= len(x["prompt_ids"])) + config.max_new_tokens
-               for x in items)  # fmt: skip
+def share_chunks(entries: list[dict], size: int) -> list[list[dict]]:
+    """The category's entries in chunks of at most `size` with the same functions (so the same
+    system prompt), in file order: each chunk's common prefix runs through the model once. A
+    chunk depends on the data alone, so a resumed run computes every row as before."""
+    groups = {}
+    for entry in entries:
+        groups.setdefault(json.dumps(entry["function"], sort_keys=True), []).append(entry)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), max(size, 1))]
+
+
+def shared_batches(engine: Engine, units: list[dict], config):
+    """Like `sample_batches` for units {prefix, members: [(item, suffix ids)]}: P units a call
+    (`cuts`), each padded to `share` rows with repeats."""
+    m = config.share
+
+    def width(ids: list[int]) -> int:
+        return min(w for w in engine.widths if w >= len(ids))
+
+    by_shape = {}
+    for unit in units:
+        shape = (width(unit["prefix"]), max(width(s) for _, s in unit["members"]))
+        by_shape.setdefault(shape, []).append(unit)
+    for (wp, wq), group in sorted(by_shape.items(), reverse=True):
+        p = max(1, min(config.batch_size // m, config.batch_tokens // (wp + m * wq)))
+        for i, size in cuts(len(group), p):
+            batch = group[i : i + size]
+            if not any(x["write"] for u in batch for x, _ in u["members"]):
+                continue
+            t0 = time.perf_counter()
+            suffixes = [s for u in batch for s in _rows(u["members"], m)]
+            out = engine.sampler.sample(engine.state, suffixes,
+                                        prefixes=[u["prefix"] for u in batch])  # fmt: skip
+            items, rows = [], []
+            for j, unit in enumerate(batch):
+                for k, (item, suffix) in enumerate(unit["members"]):
+                    r = j * m + k
+                    items.append(item)
+                    rows.append({"id": item["id"], "result": out.texts[r],
+                                 "input_token_count": len(unit["prefix"]) + len(suffix),
+                                 "output_token_count": int(out.lengths_B[r]),
+                                 "finish_reason": FINISH[out.finish_B[r]]})  # fmt: skip
+            yield items, rows, _timing(t0, rows)
+
+
+def _rows(members: list, m: int) -> list[list[int]]:
+    suffixes = [s for _, s in members]
+    return suffixes + suffixes[:1] * (m - len(suffixes))
+
+
+def _timing(t0: float, rows: list[dict]) -> dict:
+    return {"seconds": time.perf_counter() - t0, "prompts": len(rows),
+            "prompt_tokens": sum(r["input_token_count"] for r in rows),
+            "new_tokens": sum(r["output_token_count"] for r in rows)}  # fmt: skip
+
+
+def single_turn(engine: Engine, entries: dict, done: dict, config, out) -> None:
+    """Generates the entries the result files lack; `out(category, rows, timing)`. Entries with
+    the same functions share their prompt's common prefix (`share` > 1)."""
+    singles, units = [], []
+    for c in (c for c in entries if c in bfcl.CATEGORIES):
+        # Every entry is rendered and planned, done or not: the batches (and so each row's
+        # program) are those of an uninterrupted run; batches with nothing to write are skipped.
+        for order, chunk in enumerate(share_chunks(entries[c], config.share)):
+            members = []
+            for e in chunk:
+                ids = engine.prompt(e["question"][0], e["function"], config)
+                if isinstance(ids, str):  # kept, with its reason, and scored as a failure
+                    if e["id"] not in done[c]:
+                        out(c, [{"id": e["id"], "result": "", "error": ids}], None)
+                    continue
+                item = {"category": c, "order": order, "id": e["id"], "prompt_ids": ids,
+                        "write": e["id"] not in done[c]}  # fmt: skip
+                members.append(item)
+            lcp = len(os.path.commonprefix([x["prompt_ids"] for x in members])) if members else 0
+            lcp = min([lcp, *(len(x["prompt_ids"]) - 1 for x in members)])
+            if len(members) > 1 and lcp >= 64:
+                suffixes = [(x, x["prompt_ids"][lcp:]) for x in members]
+                units.append({"prefix": members[0]["prompt_ids"][:lcp], "members": suffixes})
+            else:
+                singles += members
+    cost = sum(len(x["prompt_ids"]) + config.max_new_tokens for x in singles if x["write"])
+    cost += sum(len(u["prefix"]) + sum(len(s) + config.max_new_tokens for _, s in u["members"])
+                for u in units if any(x["write"] for x, _ in u["members"]))  # fmt: skip
     with tqdm.tqdm(total=cost, unit="tok", unit_scale=True, desc="bfcl single-turn",
                    mininterval=5, dynamic_ncols=True) as bar:  # fmt: skip
-        for batch, rows, timing in sample_batches(engine, items, config, bar):
-            for c in dict.fromkeys(x["category"] for x in batch):
-                out(c, [r for x, r in zip(batch, rows, strict=True) if x["category"] == c], None)
+        for items, rows, timing in itertools.chain(
+            shared_batches(engine, units, config), sample_batches(engine, singles, config)
+        ):
+            for c in dict.fromkeys(x["category"] for x in items):
+                out(c, [r for x, r in zip(items, rows, strict=True)
+                        if x["category"] == c and x["write"]], None)  # fmt: skip
             out(None, [], timing)
+            bar.update(sum(r["input_token_count"] + config.max_new_tokens
+                           for x, r in zip(items, rows, strict=True) if x["write"]))  # fmt: skip
 
 
 def multi_turn_chats(engine: Engine, pending: list[tuple[str, int, dict]], config, out) -> None:
@@ -350,7 +433,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
         engine = Engine.load(model_dir, config)
         logging.info("bfcl: %d items to generate (%d done)", len(pending),
                      sum(map(len, done.values())))  # fmt: skip
-        single_turn(engine, [p for p in pending if p[0] in bfcl.CATEGORIES], config, out)
+        single_turn(engine, entries, done, config, out)
         multi_turn_chats(engine, [p for p in pending if p[0] in mt.CATEGORIES], config, out)
 
     scores = []

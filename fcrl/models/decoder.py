@@ -231,11 +231,12 @@ class Decoder(nnx.Module):
     def hidden_shared(
         self, prompt_PS: jax.Array, prompt_mask_PS: jax.Array, tokens_BN: jax.Array,
         mask_BN: jax.Array,
-    ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    ) -> tuple[jax.Array, jax.Array, tuple]:  # fmt: skip
         """`hidden` of B = P·G rows that continue P prompts (G consecutive rows a prompt) with
         each prompt run once: last-layer states of the prompts [P, S, D] and of the
-        continuations [B, N, D], equal to `hidden` over each row's [prompt | continuation];
-        under autodiff the G rows' gradients through their prompt add up."""
+        continuations [B, N, D], equal to `hidden` over each row's [prompt | continuation],
+        and every layer's keys and values (k_LPSKE, v_LPSKE, k_LBNKE, v_LBNKE; unused ones
+        cost nothing); under autodiff the G rows' gradients through their prompt add up."""
         p, s = prompt_PS.shape
         b, n = tokens_BN.shape
         g = b // p
@@ -254,7 +255,7 @@ class Decoder(nnx.Module):
         inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
 
-        def body(carry: tuple, layer_state: nnx.State) -> tuple[tuple, None]:
+        def body(carry: tuple, layer_state: nnx.State) -> tuple[tuple, tuple]:
             x_PSD, x_BND = carry
             layer = nnx.merge(graphdef, layer_state)
             x_PSD, k_PSKE, v_PSKE = layer(x_PSD, positions_PS, prompt_mask_PS, inv_freq)
@@ -262,10 +263,11 @@ class Decoder(nnx.Module):
             k_BXKE = jnp.concatenate([jnp.repeat(k_PSKE, g, axis=0), k_BNKE], axis=1)
             v_BXKE = jnp.concatenate([jnp.repeat(v_PSKE, g, axis=0), v_BNKE], axis=1)
             x_BND = layer.finish(x_BND, attention(q_BNHE, k_BXKE, v_BXKE, mask_BNX))
-            return (x_PSD, x_BND), None
+            return (x_PSD, x_BND), (k_PSKE, v_PSKE, k_BNKE, v_BNKE)
 
         carry = (self.embed(prompt_PS), self.embed(tokens_BN))
-        return jax.lax.scan(body, carry, layers)[0]
+        (x_PSD, x_BND), kv = jax.lax.scan(body, carry, layers)
+        return x_PSD, x_BND, kv
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
         """Final norm and output projection (the tied embedding or lm_head), in float32."""

@@ -112,7 +112,7 @@ def token_logprobs(
     if not 1 <= start < tokens_BT.shape[1]:
         raise ValueError(f"start: {start} is not in [1, {tokens_BT.shape[1]})")
     if group > 1:
-        x_PSD, x_BND = model.hidden_shared(tokens_BT[::group, :start], mask_BT[::group, :start],
+        x_PSD, x_BND, _ = model.hidden_shared(tokens_BT[::group, :start], mask_BT[::group, :start],
                                            tokens_BT[:, start:], mask_BT[:, start:])  # fmt: skip
         last_BD = jnp.repeat(x_PSD[:, -1:], group, axis=0)  # the prompt's last state
         x_BTD = jnp.concatenate([last_BD, x_BND[:, :-1]], axis=1)  # state t-1 predicts token t

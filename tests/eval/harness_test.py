@@ -16,7 +16,8 @@ from fcrl.eval import bfcl, harness
 from fcrl.sampler import call_automaton
 
 FRAGMENTS = ["You", " can", "[", "]", "f", "(", "a=1", ")", ",", " ", "\n", "`", "not ", ".", "#",
-             "'", "1", "2. ", "Sure", ":", "python", "x", "=", "lambda", "{", "\u00a0"]  # fmt: skip
+             "'", "1", "2. ", "Sure", ":", "python", "x", "=", "lambda", "{", "\u00a0", "\u3000",
+             "중지는", "é", "？"]  # fmt: skip
 SUFFIXES = ["", "(a=1)]", " f(a=1)]", "[f(a=1)]", "calculate_triangle_area(base=10, height=5)]",
             ") or g(a=2)", "\n[calculate_triangle_area(base=10, height=5)]"]  # fmt: skip
 
@@ -67,8 +68,8 @@ def test_categories_and_aliases():
 
 
 def test_buckets_reach_the_context():
-    assert harness.buckets(8192, 512) == (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
-                                          6144, 7680)  # fmt: skip
+    assert harness.buckets(8192, 512) == (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048,
+                                          3072, 4096, 6144, 7680)  # fmt: skip
     with pytest.raises(ValueError, match="max_new_tokens"):
         harness.buckets(512, 500)
 
