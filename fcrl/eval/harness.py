@@ -1,5 +1,6 @@
-"""BFCL single-turn evaluation: prompts rendered by fcrl.chat, greedy outputs from the sampler,
-every output scored by our verifier and by BFCL's official checker.
+"""BFCL evaluation: prompts rendered by fcrl.chat, greedy outputs from the sampler; every
+single-turn output scored by our verifier and by BFCL's official checker, multi-turn entries run
+as conversations on BFCL's backends (fcrl.eval.multi_turn) and scored by its state checker.
 
   python -m fcrl.eval --config configs/eval_bfcl.py --config.workdir=DIR
 
