@@ -368,9 +368,10 @@ def single_turn(engine: Engine, entries: dict, done: dict, config, out) -> None:
                 units.append({"prefix": members[0]["prompt_ids"][:lcp], "members": suffixes})
             else:
                 singles += members
-    cost = sum(len(x["prompt_ids"]) + config.max_new_tokens for x in singles if x["write"])
-    cost += sum(len(u["prefix"]) + sum(len(s) + config.max_new_tokens for _, s in u["members"])
-                for u in units if any(x["write"] for x, _ in u["members"]))  # fmt: skip
+    # Progress in prompt tokens + budget per row written, shared prefixes counted in full.
+    written = [x for x in singles if x["write"]]
+    written += [x for u in units for x, _ in u["members"] if x["write"]]
+    cost = sum(len(x["prompt_ids"]) + config.max_new_tokens for x in written)
     with tqdm.tqdm(total=cost, unit="tok", unit_scale=True, desc="bfcl single-turn",
                    mininterval=5, dynamic_ncols=True) as bar:  # fmt: skip
         for items, rows, timing in itertools.chain(
