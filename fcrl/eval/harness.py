@@ -31,7 +31,6 @@ from flax import nnx
 from fcrl import chat, job
 from fcrl.eval import bfcl, report
 from fcrl.eval import multi_turn as mt
-from fcrl.models import load_hf
 from fcrl.sampler import FINISH, Sampler, SamplingConfig
 from fcrl.verifier import parse, verify
 from fcrl.verifier.parse import Rejected
@@ -187,10 +186,7 @@ def sample_batches(engine: "Engine", items: list[dict], config: ml_collections.C
         t0 = time.perf_counter()
         ids = [x["prompt_ids"] for x in batch]
         out = engine.sampler.sample(engine.state, ids)
-        rows = [{"id": x["id"], "result": out.texts[i], "input_token_count": len(ids[i]),
-                 "output_token_count": int(out.lengths_B[i]),
-                 "finish_reason": FINISH[out.finish_B[i]]}
-                for i, x in enumerate(batch)]  # fmt: skip
+        rows = [result_row(x["id"], out, i, len(ids[i])) for i, x in enumerate(batch)]
         yield batch, rows, _timing(t0, rows)
 
 
@@ -260,11 +256,10 @@ class Engine:
     @classmethod
     def load(cls, model_dir: pathlib.Path, config: ml_collections.ConfigDict) -> "Engine":
         try:
-            model = load_hf(model_dir, dtype=config.dtype, param_dtype=config.dtype)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+            loaded = chat.ChatModel(model_dir, config.dtype, config.fmt)
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"model: {model_dir} does not load ({e})") from e
-        widths = tuple(config.buckets) or buckets(model.cfg.max_position_embeddings,
+        widths = tuple(config.buckets) or buckets(loaded.model.cfg.max_position_embeddings,
                                                   config.max_new_tokens)  # fmt: skip
         think = config.fmt == "think_answer"
         sampling = SamplingConfig(
@@ -276,8 +271,8 @@ class Engine:
             require_prefix="<think>" if think and config.early_stop else "",
             require_call=not think and config.early_stop,
         )
-        sampler = Sampler(model, sampling, tokenizer, chat.eos_ids(model_dir, tokenizer))
-        return cls(sampler, nnx.state(model), tokenizer, widths)
+        sampler = Sampler(loaded.model, sampling, loaded.tokenizer, loaded.eos)
+        return cls(sampler, loaded.state, loaded.tokenizer, widths)
 
     def prompt(self, messages: list[dict], tools: list[dict], config) -> list[int] | str:
         """The prompt's ids, or why it cannot run (kept, and scored as a failure)."""
@@ -325,16 +320,20 @@ def shared_batches(engine: Engine, units: list[dict], config):
                 for k, (item, suffix) in enumerate(unit["members"]):
                     r = j * m + k
                     items.append(item)
-                    rows.append({"id": item["id"], "result": out.texts[r],
-                                 "input_token_count": len(unit["prefix"]) + len(suffix),
-                                 "output_token_count": int(out.lengths_B[r]),
-                                 "finish_reason": FINISH[out.finish_B[r]]})  # fmt: skip
+                    rows.append(result_row(item["id"], out, r, len(unit["prefix"]) + len(suffix)))
             yield items, rows, _timing(t0, rows)
 
 
 def _rows(members: list, m: int) -> list[list[int]]:
     suffixes = [s for _, s in members]
     return suffixes + suffixes[:1] * (m - len(suffixes))
+
+
+def result_row(item_id: str, out, row: int, prompt_tokens: int) -> dict:
+    """Row `row` of the sampler's output as a BFCL result line."""
+    return {"id": item_id, "result": out.texts[row], "input_token_count": prompt_tokens,
+            "output_token_count": int(out.lengths_B[row]),
+            "finish_reason": FINISH[out.finish_B[row]]}  # fmt: skip
 
 
 def _timing(t0: float, rows: list[dict]) -> dict:

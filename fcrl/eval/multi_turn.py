@@ -138,12 +138,11 @@ class Conversation:
         return row | ({"error": self.error} if self.error else {})
 
 
-def run_calls(calls: list[str], entry: dict, name: str, scoring: bool = False) -> list[str]:
+def run_calls(calls: list[str], entry: dict, name: str) -> list[str]:
     """BFCL's execution of call strings built by `safe_calls` on the entry's backends."""
-    execute = _backend()[0]
+    execute = _backend()[1].execute_multi_turn_func_call  # looked up here: tests record it
     results, _ = execute(calls, entry["initial_config"], entry["involved_classes"], name,
-                         entry["id"], long_context="long_context" in entry["id"],
-                         is_evaL_run=scoring)  # fmt: skip
+                         entry["id"], long_context="long_context" in entry["id"])  # fmt: skip
     return results
 
 
@@ -152,7 +151,7 @@ def score(row: dict, entry: dict) -> tuple[bool, str]:
     if row["force_quit"] or len(row["decoded"]) != len(entry["ground_truth"]):
         return False, row.get("error") or "multi_turn:force_terminated"
     name = f"fcrl_score_{next(_NAMES)}"
-    checker = _backend()[1]
+    checker = _backend()[0]
     try:
         category = entry["id"].rsplit("_", 1)[0]
         verdict = checker(row["decoded"], entry["ground_truth"], entry, category, name)
@@ -164,7 +163,7 @@ def score(row: dict, entry: dict) -> tuple[bool, str]:
 
 def drop_instances(name: str) -> None:
     """Forget the backends BFCL cached for model name `name`."""
-    module = _backend()[2]
+    module = _backend()[1]
     prefix = re.sub(r"[-./:]", "_", name) + "_"
     for key in [k for k in vars(module) if k.startswith(prefix) and k.endswith("_instance")]:
         del vars(module)[key]
@@ -178,14 +177,10 @@ def _mapping() -> dict:
     return MULTI_TURN_FUNC_DOC_FILE_MAPPING
 
 
-def _backend():
-    return _real_backend()
-
-
 @functools.cache
-def _real_backend():
+def _backend():
     _mapping()
     from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 
-    return multi_turn_utils.execute_multi_turn_func_call, multi_turn_checker, multi_turn_utils
+    return multi_turn_checker, multi_turn_utils

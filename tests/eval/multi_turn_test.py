@@ -83,13 +83,14 @@ def test_the_adversarial_corpus_runs_nothing_but_validated_calls(monkeypatch):
     backend function, `cd(`) as a model response: what reaches BFCL's execution is only
     `name(key=literal, ...)` with a backend name; the sentinel never runs, no file appears."""
     reached = []
-    execute = mt._backend()[0]
+    module = mt._backend()[1]
+    execute = module.execute_multi_turn_func_call
 
     def recording(calls, *args, **kwargs):
         reached.extend(calls)
         return execute(calls, *args, **kwargs)
 
-    monkeypatch.setattr(mt, "_backend", lambda: (recording, *mt.__dict__["_real_backend"]()[1:]))
+    monkeypatch.setattr(module, "execute_multi_turn_func_call", recording)
     calls = []
     monkeypatch.setattr(builtins, "fcrl_sentinel", lambda *a: calls.append(a), raising=False)
     entry = mt.load("multi_turn_base")[0]
