@@ -119,7 +119,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.completions_every = 10  # sample completions into completions.jsonl
     config.completions_per_log = 8
     # Held-out: greedy on a fixed sample of the validation set every `every` steps (0: off).
+    # With bfcl_limit N > 0, the run ends with BFCL (fcrl.eval) on a seeded sample of N per
+    # category of bfcl_categories, of where RL started and of its result, in WORKDIR/bfcl.
     config.eval = ml_collections.ConfigDict(
-        {"every": 50, "size": 64, "max_new_tokens": 128, "batch_size": 32}
-    )
+        {"every": 50, "size": 64, "max_new_tokens": 128, "batch_size": 32, "bfcl_limit": 0,
+         "bfcl_categories": "python"}
+    )  # fmt: skip
     return config

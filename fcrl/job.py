@@ -67,6 +67,7 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
         "completions_every": config.completions_every,
         "eval.every": config.eval.every,
         "eval.size": config.eval.size,
+        "eval.bfcl_limit": config.eval.bfcl_limit,
     }.items():
         if value < 0:
             raise ValueError(f"{field}: must be ≥ 0, got {value}")

@@ -9,8 +9,10 @@ read by all G rows of a prompt's group and never copied G times. `decode` is one
 `lax.while_loop` over the B·G rows (prompt-major: row = prompt · G + sample): step t feeds every
 row's token t, writes its key and value at slot t of the generated cache [L, B·G, K, N, E]
 (donated, so updated in place) and samples token t + 1. It exits once every row has finished:
-an eos id, a stop string, or N = max_new_tokens tokens. Parameters are arguments of both jitted
-functions, so new values of the same shapes reuse the compiled programs.
+an eos id, a stop string, or N = max_new_tokens tokens. With `compact`, it exits early once at
+most a quarter of the prompts still run, and goes on over those prompts only (`keep_prompts`).
+Parameters are arguments of the jitted functions, so new values of the same shapes reuse the
+compiled programs.
 """
 
 import collections
@@ -54,6 +56,10 @@ class SamplingConfig:
     # Finish a row as soon as its text cannot open a BFCL call list (`call_automaton`): prose
     # that no continuation turns into an accepted call. Not with require_prefix.
     require_call: bool = False
+    # Once at most a quarter of the prompts still have a running row, decode those prompts'
+    # rows only, in a batch of the next power of two (one more decode program per size): a
+    # few long rows no longer keep a wide batch decoding. The same tokens, row for row.
+    compact: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -525,7 +531,8 @@ def cached_attention(
     return out_BGKRE.reshape(rows, 1, h, e).astype(q_BTHE.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("s",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "until"),
+                   donate_argnames=("s",))  # fmt: skip
 def decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -537,15 +544,18 @@ def decode(
     prefix_SV: jax.Array,
     failed_S: jax.Array,
     sampling: SamplingConfig,
+    until: int = 0,
 ) -> DecodeState:
-    """Decodes until every row has finished; `s` (with the generated cache) is donated."""
+    """Decodes until every row has finished, or until at most `until` prompts have a running
+    row; `s` (with the generated cache) is donated."""
     model = nnx.merge(graphdef, state)
     inv_freq = rope_frequencies(model.cfg)
     layer_def, layers = nnx.split(model.layers)
     lengths_B = jnp.repeat(prompt.lengths_B, sampling.num_samples)
 
     def cond(s: DecodeState) -> jax.Array:
-        return (s.step < sampling.max_new_tokens) & jnp.any(s.finish_B == 0)
+        running = jnp.sum(jnp.any((s.finish_B == 0).reshape(-1, sampling.num_samples), axis=1))
+        return (s.step < sampling.max_new_tokens) & (running > max(until, 0))
 
     def body(s: DecodeState) -> DecodeState:
         t = s.step - 1  # feeds the last sampled token, t, and samples token t + 1
@@ -575,6 +585,19 @@ def decode(
         return x_LBTKE.transpose(0, 1, 3, 2, 4).astype(dtype)  # [L, B, K, 1, E]
 
     return jax.lax.while_loop(cond, body, s)
+
+
+@functools.partial(jax.jit, static_argnames=("g",))
+def keep_prompts(prompt: PromptCache, s: DecodeState, keep_P: jax.Array,
+                 g: int) -> tuple[PromptCache, DecodeState]:  # fmt: skip
+    """The prompt cache and decode state of prompts `keep_P` (and their G rows each) only."""
+    rows = (keep_P[:, None] * g + jnp.arange(g)[None]).reshape(-1)
+    prompt = PromptCache(k_LBKSE=prompt.k_LBKSE[:, keep_P], v_LBKSE=prompt.v_LBKSE[:, keep_P],
+                         mask_BS=prompt.mask_BS[keep_P],
+                         lengths_B=prompt.lengths_B[keep_P])  # fmt: skip
+    by_row = {f.name: getattr(s, f.name)[rows] for f in dataclasses.fields(s)
+              if f.name not in ("step", "k_LBKNE", "v_LBKNE")}  # fmt: skip
+    return prompt, s.replace(k_LBKNE=s.k_LBKNE[:, rows], v_LBKNE=s.v_LBKNE[:, rows], **by_row)
 
 
 # ---------------------------------------------------------------- the host side
@@ -677,9 +700,8 @@ class Sampler:
                 m = len(prompts) // len(prefixes)
                 prompt_BS = np.concatenate([np.repeat(prefix_PS, m, axis=0), prompt_BS], axis=1)
                 mask_BS = np.concatenate([np.repeat(prefix_mask_PS, m, axis=0), mask_BS], axis=1)
-            s = decode(self.graphdef, state, prompt, s, *tables, sampling=sampling)
-        tokens_BN, lengths_B = np.asarray(s.tokens_BN), np.asarray(s.lengths_B)
-        finish_B = np.asarray(s.finish_B)
+            s = self.decode(state, prompt, s, tables)
+        tokens_BN, lengths_B, finish_B = s.tokens_BN, s.lengths_B, s.finish_B
         texts = []
         for row in range(len(tokens_BN)):
             if self.tokenizer is None:
@@ -694,9 +716,36 @@ class Sampler:
             prompt_BS=np.repeat(prompt_BS, g, axis=0),
             prompt_mask_BS=np.repeat(mask_BS, g, axis=0),
             tokens_BN=tokens_BN,
-            logprobs_BN=np.asarray(s.logprobs_BN),
-            entropies_BN=np.asarray(s.entropies_BN),
+            logprobs_BN=s.logprobs_BN,
+            entropies_BN=s.entropies_BN,
             lengths_B=lengths_B,
             finish_B=finish_B,
             texts=tuple(texts),
         )
+
+    def decode(self, state: nnx.State, prompt: PromptCache, s: DecodeState,
+               tables: tuple) -> DecodeState:  # fmt: skip
+        """`decode` to the end; with `sampling.compact`, in stages over ever fewer prompts (the
+        batch cut to the next power of two above those still running, padded with repeats).
+        Returns the completions' fields on the host, every row in its place."""
+        sampling, g = self.sampling, self.sampling.num_samples
+        fields = ("tokens_BN", "logprobs_BN", "entropies_BN", "lengths_B", "finish_B")
+        prompts_P = np.arange(prompt.lengths_B.shape[0])  # the original prompt of each
+        out = None
+        while True:
+            until = len(prompts_P) // 4 if sampling.compact else 0
+            s = decode(self.graphdef, state, prompt, s, *tables, sampling=sampling, until=until)
+            got = {f: np.array(getattr(s, f)) for f in fields}
+            rows = (prompts_P[:, None] * g + np.arange(g)).reshape(-1)
+            if out is None:
+                out = got
+            else:  # a padding repeat writes the same values as its original
+                for f in fields:
+                    out[f][rows] = got[f]
+            running_P = np.flatnonzero((got["finish_B"] == 0).reshape(-1, g).any(axis=1))
+            if not len(running_P) or int(s.step) >= sampling.max_new_tokens:
+                return s.replace(**out)
+            size = 1 << (len(running_P) - 1).bit_length()
+            keep_P = np.concatenate([running_P, np.repeat(running_P[:1], size - len(running_P))])
+            prompt, s = keep_prompts(prompt, s, jnp.asarray(keep_P), g=g)
+            prompts_P = prompts_P[keep_P]

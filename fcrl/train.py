@@ -7,7 +7,8 @@ into it. The workdir holds config.json (and the git commit), metrics.jsonl and T
 events (tb/), completions.jsonl (sampled completions with rewards and reasons), batches.jsonl
 (the record ids of every step), eval.jsonl (held-out outputs), checkpoints/, and at the end
 curves.png, the policy as an HF folder (model/) and summary.json (`step`, `params_sha256`, the
-held-out accuracies before SFT, after it and after RL with McNemar's test). With `sft.steps` > 0
+held-out accuracies before SFT, after it and after RL with McNemar's test; with `eval.bfcl_limit`,
+BFCL on a sample, in bfcl/). With `sft.steps` > 0
 the SFT phase (fcrl.sft) runs first, into WORKDIR/sft, unless it has finished there. Started
 again on a workdir that holds a checkpoint, it resumes there.
 
@@ -37,6 +38,7 @@ from ml_collections import config_flags
 
 from fcrl import chat, checkpoint, job, metrics, sft
 from fcrl.data.pipeline import dataset, load_records
+from fcrl.eval import harness
 from fcrl.models import export_hf, load_hf
 from fcrl.rl.rollout import (
     make_batch,
@@ -72,6 +74,8 @@ class Pending:
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the summary."""
     sampling = job.check_config(config)
+    if config.eval.bfcl_limit:
+        harness.trainer_config(config, "")  # a bad BFCL check fails before training
     workdir = pathlib.Path(workdir)
     job.write_config(config, workdir)
     rl = job.rl_section(config)
@@ -214,6 +218,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                "skipped_updates": meta["skipped_updates"],
                "heldout": job.phases(workdir, bool(config.sft.steps)), "workdir": str(workdir),
                "curves": str(metrics.plot(workdir)), "model": str(export)}  # fmt: skip
+    if config.eval.bfcl_limit:
+        start = "sft" if config.sft.steps else "before"
+        summary["bfcl"] = harness.trainer_check(config, {start: start_folder, "rl": export},
+                                                workdir)  # fmt: skip
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if sys.stderr.isatty():
         print(file=sys.stderr)  # ends the progress line
@@ -294,6 +302,9 @@ def main(argv: list[str]) -> None:
         print(job.table(summary["heldout"]))
     print(f"run folder: {summary['workdir']} (summary.json, metrics.jsonl, eval.jsonl, tb/)")
     print(f"curves: {summary['curves']}")
+    for phase, got in summary.get("bfcl", {}).items():
+        cells = ", ".join(f"{c} {acc:.3f}" for c, acc in got["categories"].items())
+        print(f"BFCL sample, {phase}: {cells} ({got['summary']})")
     print(
         f"policy (HF folder): {summary['model']}; try python -m fcrl.generate --model "
         f"{summary['model']}"

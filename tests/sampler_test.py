@@ -157,6 +157,30 @@ def test_new_parameter_values_and_prompt_lengths_do_not_recompile():
     assert (first.tokens_BN != second.tokens_BN).any()
 
 
+def test_compacting_finished_prompts_away_gives_the_same_rows(monkeypatch):
+    """Rows ending at scattered lengths (one eos id in 12): decoding only the prompts still
+    running, in ever smaller batches, gives every row's tokens, log-probs and ends unchanged."""
+    model, state = tiny.random_model("qwen2")
+    prompts = [[(7 * i + j) % 90 + 1 for j in range(3 + i % 5)] for i in range(16)]
+    eos = list(range(0, model.cfg.vocab_size, 12))
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=48, temperature=0.8, buckets=(8,))
+    plain = Sampler(model, sampling, None, eos).sample(state, prompts, seed=1)
+    stages = []
+    keep = sampler_lib.keep_prompts
+    monkeypatch.setattr(sampler_lib, "keep_prompts",
+                        lambda prompt, s, keep_P, g: stages.append(len(keep_P)) or keep(
+                            prompt, s, keep_P, g=g))  # fmt: skip
+    compact = dataclasses.replace(sampling, compact=True)
+    cut = Sampler(model, compact, None, eos).sample(state, prompts, seed=1)
+    assert stages and stages == sorted(stages, reverse=True) and stages[-1] < 4, stages
+    assert len(set(plain.lengths_B.tolist())) > 5  # the ends are scattered
+    np.testing.assert_array_equal(cut.tokens_BN, plain.tokens_BN)
+    np.testing.assert_array_equal(cut.lengths_B, plain.lengths_B)
+    np.testing.assert_array_equal(cut.finish_B, plain.finish_B)
+    np.testing.assert_allclose(cut.logprobs_BN, plain.logprobs_BN, atol=1e-5)
+    np.testing.assert_allclose(cut.entropies_BN, plain.entropies_BN, atol=1e-5)
+
+
 def test_seeds_reproduce_and_rows_of_a_group_differ():
     model, state = tiny.random_model("qwen2")
     sampler = Sampler(model, SamplingConfig(num_samples=4, max_new_tokens=12), None, [])

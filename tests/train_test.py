@@ -50,9 +50,11 @@ def jsonl(path: pathlib.Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> pathlib.Path:
-    """The uninterrupted tiny run (4 steps, checkpoints at 2 and 4) on the 8-device mesh."""
+    """The uninterrupted tiny run (4 steps, checkpoints at 2 and 4) on the 8-device mesh, ending
+    with BFCL on one item of two categories."""
     workdir = tmp_path_factory.mktemp("reference")
-    train_lib.run(tiny_config(**{"mesh": MESH8}), workdir)
+    bfcl = {"eval.bfcl_limit": 1, "eval.bfcl_categories": "simple_python,irrelevance"}
+    train_lib.run(tiny_config(**{"mesh": MESH8}, **bfcl), workdir)
     return workdir
 
 
@@ -78,6 +80,15 @@ def test_the_tiny_run_writes_what_it_promises(reference_run):
     ):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(r["grad/norm"] > 0 and r["update/skipped"] == 0 for r in rows)
+    # BFCL's check of where RL started and of the exported policy, each in BFCL's own layout.
+    assert set(summary["bfcl"]) == {"before", "rl"}
+    for phase, model in (("before", "tiny_model"), ("rl", "model")):
+        bfcl = json.loads((reference_run / "bfcl" / phase / "summary.json").read_text())
+        assert bfcl["config"]["model"].endswith(model) and bfcl["config"]["limit"] == 1
+        assert summary["bfcl"][phase]["categories"].keys() == {"simple_python", "irrelevance"}
+        for c in ("simple_python", "irrelevance"):
+            result = reference_run / "bfcl" / phase / "result" / model / f"BFCL_v4_{c}_result.json"
+            assert len(jsonl(result)) == 1
     completions = jsonl(reference_run / "completions.jsonl")
     assert {c["step"] for c in completions} == {2, 4} and all("reason" in c for c in completions)
     assert len(jsonl(reference_run / "batches.jsonl")) == 4
@@ -295,6 +306,8 @@ BAD = [
     (["--config.model.path=/nonexistent/model"], "model.path"),
     (["--config.model.dtype=float8"], "model.dtype"),
     (["--config.steps=0"], "steps"),
+    (["--config.eval.bfcl_limit=1", "--config.eval.bfcl_categories=simple_rust"], "eval.bfcl"),
+    (["--config.eval.bfcl_limit=-1"], "eval.bfcl_limit"),
 ]
 
 

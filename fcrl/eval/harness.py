@@ -28,6 +28,7 @@ import transformers
 from absl import logging
 from flax import nnx
 
+from configs import eval_bfcl
 from fcrl import chat, job
 from fcrl.eval import bfcl, report
 from fcrl.eval import multi_turn as mt
@@ -270,6 +271,7 @@ class Engine:
             # Rows end once both verdicts are fixed (no call, whatever would follow).
             require_prefix="<think>" if think and config.early_stop else "",
             require_call=not think and config.early_stop,
+            compact=True,  # a few long rows do not keep a wide batch decoding
         )
         sampler = Sampler(loaded.model, sampling, loaded.tokenizer, loaded.eos)
         return cls(sampler, loaded.state, loaded.tokenizer, widths)
@@ -454,3 +456,36 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     summary = report.summarize(scores, categories, entries, config, name, timing(workdir))
     report.write(summary, workdir)
     return summary
+
+
+def trainer_config(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+    """The BFCL check of a training run (`eval.bfcl_limit` > 0): a seeded sample of
+    `eval.bfcl_limit` per category of `eval.bfcl_categories`, in the run's format, docs, dtype,
+    seed and held-out budget."""
+    bfcl_config = eval_bfcl.get_config()
+    bfcl_config.update(model=model, categories=config.eval.bfcl_categories,
+                       limit=config.eval.bfcl_limit, seed=config.seed, fmt=config.data.fmt,
+                       docs=config.data.docs, dtype=config.model.dtype,
+                       max_new_tokens=config.eval.max_new_tokens)  # fmt: skip
+    try:
+        check_config(bfcl_config)
+    except ValueError as e:
+        raise ValueError(f"eval.bfcl_limit: the run's BFCL check cannot run: {e}") from e
+    return bfcl_config
+
+
+def trainer_check(config: ml_collections.ConfigDict, phases: dict[str, pathlib.Path],
+                  workdir: pathlib.Path) -> dict:  # fmt: skip
+    """Runs the BFCL sample on each phase's HF folder, into WORKDIR/bfcl/<phase> (resumable,
+    as any run); returns per phase our verifier's accuracy per category and the paper's
+    Overall, the agreement with the official checker and the summary file."""
+    out = {}
+    for phase, folder in phases.items():
+        summary = run(trainer_config(config, str(folder)), workdir / "bfcl" / phase)
+        out[phase] = {
+            "categories": {c: v["ours"] for c, v in summary["categories"].items()},
+            "overall_paper": summary["ours"]["overall_paper"]["value"],
+            "agreement": summary["agreement"]["fraction"],
+            "summary": str(workdir / "bfcl" / phase / "summary.md"),
+        }
+    return out

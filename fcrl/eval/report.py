@@ -11,6 +11,8 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
 
+from fcrl.eval import bfcl  # noqa: E402
+
 # METHOD.md §6, the FunRL paper's table: (Non-Live AST, Live, Overall (paper)), in %.
 PAPER = {
     "Qwen2.5-Coder-7B-Instruct": (84.08, 69.78, 76.93),
@@ -83,8 +85,14 @@ def summarize(scores: list[dict], categories: list[str], entries: dict, config, 
             "total": len(entries[c]) if not config.limit else None,
         }
     n = {c: v["n"] for c, v in per.items()}
-    checked = [s for s in scores if s["official"] is not None and s["ours"] is not None]
+    # Our verifier reads Python literals: the agreement is over the python categories, and Java
+    # and JavaScript (`true`, `new Path(...)`, typed values) count by the official checker.
+    python = [
+        s for s in scores if bfcl.CATEGORIES.get(s["category"], ("", "python"))[1] == "python"
+    ]
+    checked = [s for s in python if s["official"] is not None and s["ours"] is not None]
     differ = [s for s in checked if s["ours"] != s["official"]]
+    official = {"simple_java", "simple_javascript", *MULTI_TURN}
     return {
         "model": model_name,
         "config": {
@@ -93,16 +101,17 @@ def summarize(scores: list[dict], categories: list[str], entries: dict, config, 
         },  # fmt: skip
         "sampled": bool(config.limit),
         "categories": per,
-        # Multi-turn categories count by the state checker in both.
+        # Multi-turn (BFCL's state checker), Java and JavaScript count by BFCL's in both.
         "ours": aggregates(
-            {c: v["official"] if v["ours"] is None else v["ours"] for c, v in per.items()}, n
+            {c: v["official"] if c in official else v["ours"] for c, v in per.items()}, n
         ),  # fmt: skip
         "official": aggregates({c: v["official"] for c, v in per.items()}, n),
         "agreement": {
             "items": len(checked),
             "agree": len(checked) - len(differ),
             "fraction": (len(checked) - len(differ)) / len(checked) if checked else None,
-            "unchecked": sum(s["official"] is None for s in scores),
+            "unchecked": sum(s["official"] is None for s in python),
+            "scope": "python categories",
         },
         "disagreements": [
             {k: s[k] for k in ("id", "category", "ours", "official", "reason")} for s in differ
@@ -144,7 +153,8 @@ def markdown(summary: dict) -> str:
     for model, values in PAPER.items():
         lines.append(f"| {model} | " + " | ".join(f"{x:.2f}" for x in values) + " |")
     a = summary["agreement"]
-    lines += ["", f"Ours vs official: {a['agree']} of {a['items']} items agree "
+    lines += ["", f"Ours vs official (python categories; Java, JavaScript and multi-turn "
+              f"count by the official checker): {a['agree']} of {a['items']} items agree "
               f"({_pct(a['fraction'])}%); {a['unchecked']} unchecked (BFCL's decoder would "
               "eval() their text, which is never run)."]  # fmt: skip
     if summary["disagreements"]:
