@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fcrl.sharding import path_str
+from fcrl.sharding import path_str, to_host
 
 
 def manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
@@ -74,9 +74,8 @@ def fingerprint(params) -> str:
     """sha256 over every parameter's path, dtype, shape and bytes, in path order (the same for
     an nnx.State and the plain dict a checkpoint reads back as)."""
     digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, value in sorted(leaves, key=lambda kv: path_str(kv[0])):
-        array = np.asarray(jax.device_get(value))
+    leaves = jax.tree_util.tree_flatten_with_path(to_host(params))[0]  # every process's the same
+    for path, array in sorted(leaves, key=lambda kv: path_str(kv[0])):
         digest.update(f"{path_str(path)}:{array.dtype}:{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

@@ -82,6 +82,16 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
             if config.sft[field] < 1:
                 raise ValueError(f"sft.{field}: must be ≥ 1, got {config.sft[field]}")
         check_optim(config.sft.optim)
+    processes = jax.process_count()
+    if (config.prompts_sampled or config.prompts_per_step) % processes:
+        raise ValueError(f"prompts_sampled: {config.prompts_sampled or config.prompts_per_step} "
+                         f"prompts a step do not split over {processes} processes (each reads "
+                         "its part of the data)")  # fmt: skip
+    if config.sft.steps and processes > 1:
+        raise ValueError(
+            "sft.steps: the SFT phase runs in one process; run it first (python -m "
+            "fcrl.sft) and start RL from its model/ folder with sft.steps=0"
+        )
     if config.prompts_sampled and config.prompts_sampled < config.prompts_per_step:
         raise ValueError(f"prompts_sampled: {config.prompts_sampled} is fewer than "
                          f"prompts_per_step ({config.prompts_per_step}); 0 = as many")  # fmt: skip
@@ -96,6 +106,11 @@ def check_config(config: ml_collections.ConfigDict) -> SamplingConfig:
             f"rl.micro_batches: {config.rl.micro_batches} must divide the "
             f"{rows // config.updates.mini_batches} rows of a mini-batch"
         )
+    return sampling_of(config)
+
+
+def sampling_of(config: ml_collections.ConfigDict) -> SamplingConfig:
+    """The rollouts' sampling: G per prompt at the RL temperature, stopping after </answer>."""
     return SamplingConfig(
         num_samples=config.rl.group_size,
         max_new_tokens=config.sampling.max_new_tokens,

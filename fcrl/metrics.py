@@ -33,10 +33,14 @@ def cut_jsonl(path: pathlib.Path, last_step: int) -> None:
 
 
 class Writer:
-    """Appends metrics and logs of steps after `start_step` (the resumed checkpoint's)."""
+    """Appends metrics and logs of steps after `start_step` (the resumed checkpoint's); with
+    `enabled` False (every process but the first of a multi-process run), writes nothing."""
 
-    def __init__(self, workdir: pathlib.Path, start_step: int):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, workdir: pathlib.Path, start_step: int, enabled: bool = True):
+        self.workdir, self.enabled = pathlib.Path(workdir), enabled
+        self.files, self.tb = {}, None
+        if not enabled:
+            return
         for name in LOGS:
             cut_jsonl(self.workdir / name, start_step)
         self.files = {name: (self.workdir / name).open("a", encoding="utf-8") for name in LOGS}
@@ -44,11 +48,15 @@ class Writer:
 
     def log(self, name: str, step: int, row: dict) -> None:
         """One JSON line {"step": step, **row} in `name` (one of LOGS)."""
+        if not self.enabled:
+            return
         f = self.files[name]
         f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
         f.flush()
 
     def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         self.log("metrics.jsonl", step, metrics)
         for key, value in metrics.items():
             self.tb.add_scalar(key, value, step)
@@ -57,7 +65,8 @@ class Writer:
     def close(self) -> None:
         for f in self.files.values():
             f.close()
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 # (title, metrics.jsonl key) of each panel of curves.png

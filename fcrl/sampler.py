@@ -28,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 from flax import nnx, struct
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fcrl.models import Decoder
 from fcrl.models.decoder import rope_frequencies
-from fcrl.sharding import constrain
+from fcrl.sharding import constrain, to_host
 
 # Finish codes of `Rollouts.finish_B`; "format": the text can no longer open with
 # `SamplingConfig.require_prefix`.
@@ -631,8 +633,12 @@ class Sampler:
             prefix, failed_S = prefix_automaton(sampling.require_prefix.encode())
         required = sampling.require_prefix or sampling.require_call
         prefix_SV = token_table(pieces, prefix) if required else np.zeros_like(table_SV[:1])
-        self.tables = tuple(jnp.asarray(x) for x in (table_SV, accept_S, prefix_SV, failed_S))
-        self.eos = jnp.asarray(list(eos) or [-1], jnp.int32)
+        # On the mesh's every device (one placement for all the processes of a multi-process run).
+        put = functools.partial(
+            jax.device_put, device=None if mesh is None else NamedSharding(mesh, P())
+        )
+        self.tables = tuple(put(x) for x in (table_SV, accept_S, prefix_SV, failed_S))
+        self.eos = put(np.asarray(list(eos) or [-1], np.int32))
 
     def pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads token-id prompts to the smallest bucket that fits the longest."""
@@ -735,7 +741,7 @@ class Sampler:
         while True:
             until = len(prompts_P) // 4 if sampling.compact else 0
             s = decode(self.graphdef, state, prompt, s, *tables, sampling=sampling, until=until)
-            got = {f: np.array(getattr(s, f)) for f in fields}
+            got = {f: np.array(to_host(getattr(s, f))) for f in fields}
             rows = (prompts_P[:, None] * g + np.arange(g)).reshape(-1)
             if out is None:
                 out = got
@@ -747,5 +753,5 @@ class Sampler:
                 return s.replace(**out)
             size = 1 << (len(running_P) - 1).bit_length()
             keep_P = np.concatenate([running_P, np.repeat(running_P[:1], size - len(running_P))])
-            prompt, s = keep_prompts(prompt, s, jnp.asarray(keep_P), g=g)
+            prompt, s = keep_prompts(prompt, s, keep_P, g=g)
             prompts_P = prompts_P[keep_P]

@@ -3,13 +3,20 @@
 The first rule whose regex fully matches a parameter path ('layers/q_DHE') wins; a path that
 matches no rule is an error, so anything replicated is replicated by an explicit row. Specs of
 `layers/*` parameters start with None for the stacked L axis.
+
+Several processes (hosts of a pod, or local processes in tests) run the same program on one
+global mesh. Host values that enter it (prompts, the rollout batch) are the same on every
+process; `to_host` brings global arrays back whole to each; `global_order` joins what each
+process read of the data.
 """
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -133,3 +140,56 @@ def shardings(state: object, rules: Rules, mesh: Mesh) -> object:
     return jax.tree_util.tree_map_with_path(
         lambda path, x: NamedSharding(mesh, spec_for(path_str(path), x.shape, rules, mesh)), state
     )
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` when this process is one of several: JAX_COORDINATOR_ADDRESS
+    (with JAX_NUM_PROCESSES and JAX_PROCESS_ID) set, or FCRL_MULTIHOST=1 where JAX finds the
+    cluster itself (TPU pod slices, SLURM). A no-op otherwise, or when already done."""
+    if not (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("FCRL_MULTIHOST")):
+        return
+    if jax.distributed.is_initialized():
+        return
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)  # fmt: skip
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def main_first(fn, *args):
+    """fn(*args) on process 0, then, once it returned, on the others: a step that writes shared
+    files (a prepared dataset, a tiny checkpoint) runs once, and the others find it done."""
+    if jax.process_count() == 1:
+        return fn(*args)
+    out = fn(*args) if is_main() else None
+    multihost_utils.sync_global_devices(f"fcrl: {fn.__name__}")
+    return out if is_main() else fn(*args)
+
+
+def to_host(tree):
+    """Numpy copies of a pytree's arrays; each whole on every process (gathered where a process
+    holds only some shards)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def global_order(local: Sequence[int]) -> list[int]:
+    """The data's global order from each process's part of it: process i read items i, i + n,
+    i + 2n, … (grain's `ds[index::count]`), so the k-th item of process i is item k·n + i. The
+    same list on every process; one process: `local` itself."""
+    if jax.process_count() == 1:
+        return list(local)
+    parts = multihost_utils.process_allgather(np.asarray(local, np.int64))  # [n, k]
+    return parts.T.reshape(-1).tolist()

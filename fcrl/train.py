@@ -34,6 +34,8 @@ import numpy as np
 import transformers
 from absl import app, flags
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from fcrl import chat, checkpoint, job, metrics, sft
@@ -50,7 +52,14 @@ from fcrl.rl.rollout import (
 )
 from fcrl.rl.train import init_opt_state, make_optimizer, step_shardings, train_step
 from fcrl.sampler import FINISH, Rollouts, Sampler, token_pieces
-from fcrl.sharding import TRAIN_RULES
+from fcrl.sharding import (
+    TRAIN_RULES,
+    global_order,
+    initialize_distributed,
+    is_main,
+    main_first,
+    to_host,
+)
 from fcrl.verifier import verify_batch
 
 
@@ -77,7 +86,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     if config.eval.bfcl_limit:
         harness.trainer_config(config, "")  # a bad BFCL check fails before training
     workdir = pathlib.Path(workdir)
-    job.write_config(config, workdir)
+    main = is_main()  # process 0 writes the run's files; every process checkpoints
+    if main:
+        job.write_config(config, workdir)
     rl = job.rl_section(config)
     g, p = config.rl.group_size, config.prompts_per_step
     sampled = config.prompts_sampled or p  # prompts rolled out per step, ≥ p
@@ -85,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
 
     # ------------------------------------------------------------ model
     # With an SFT phase, RL starts from its model (trained first, or found done in WORKDIR/sft).
-    folder = job.model_folder(config.model.path, workdir)
+    folder = main_first(job.model_folder, config.model.path, workdir)
     start_folder = sft.run(config, workdir) if config.sft.steps else folder
     model = load_hf(start_folder, mesh=mesh, rules=TRAIN_RULES, dtype=config.model.dtype,
                     param_dtype="float32")  # fmt: skip
@@ -100,16 +111,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     ref_params = jax.tree.map(jnp.copy, params) if use_ref else None  # frozen, sharded alike
 
     # ------------------------------------------------------------ data
-    train_file, val_file = job.data_files(config.data, workdir)
+    train_file, val_file = main_first(job.data_files, config.data, workdir)
     skipped = []
     train = job.with_prompts(load_records(train_file), tokenizer, config.data, sampling, context,
                              skipped, train_file)  # fmt: skip
     val = job.with_prompts(load_records(val_file), tokenizer, config.data, sampling, context,
                            skipped, val_file)  # fmt: skip
-    (workdir / "skipped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in skipped))
+    if main:
+        (workdir / "skipped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in skipped))
     heldout = job.heldout_items(val, config.eval.size, config.seed, sampling.buckets)
     batch_eval = min(config.eval.batch_size, len(heldout))
-    iterator = iter(dataset(train, seed=config.seed))
+    # Each process reads its part of the data (indices into `train`); `global_order` joins them.
+    iterator = iter(dataset(list(range(len(train))), seed=config.seed))
+    per_process = sampled // jax.process_count()
 
     # ------------------------------------------------------------ step functions
     sampler = Sampler(model, sampling, tokenizer, eos, mesh=mesh)
@@ -134,20 +148,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
 
     # ------------------------------------------------------------ restore
     mngr = checkpoint.manager(workdir / "checkpoints", config.keep_checkpoints)
-    state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(
-        jax.random.key(config.seed))}  # fmt: skip
+    key_data = jax.random.key_data(jax.random.key(config.seed))
+    state = {"params": params, "opt_state": opt_state,
+             "rng": jax.device_put(key_data, NamedSharding(mesh, P()))}  # fmt: skip
     meta = {"step": 0, "skipped_updates": 0, "heldout": None}
     restored = checkpoint.restore(mngr, state, iterator)
     if restored is not None:
         _, state, meta = restored
         logging.info("resumed from step %d (params %s)", meta["step"], meta["params_sha256"])
     params, opt_state = state["params"], state["opt_state"]
-    rng = jax.random.wrap_key_data(np.asarray(state["rng"]))  # uncommitted: any mesh
+    rng = jax.random.wrap_key_data(state["rng"])  # replicated over the mesh, as saved
     start = meta["step"]
 
     # ------------------------------------------------------------ loop
     # The logs are cut back to the checkpoint's step (wholly when starting afresh).
-    writer = metrics.Writer(workdir, start if restored is not None else -1)
+    writer = metrics.Writer(workdir, start if restored is not None else -1, enabled=main)
     pending, clock = None, job.Clock(start, config.steps)
     with jax.set_mesh(mesh):
         try:
@@ -163,7 +178,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                 t0 = time.perf_counter()
                 if pending is not None:
                     pending.host["time/update"] = t0 - pending.dispatched
-                records = [next(iterator) for _ in range(sampled)]
+                local = [int(next(iterator)) for _ in range(per_process)]
+                records = [train[i] for i in global_order(local)]
                 rng, key = jax.random.split(rng)
                 rollouts = sampler.sample(params, [r["prompt_ids"] for r in records], key)
                 t1 = time.perf_counter()
@@ -213,8 +229,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
                     meta = save(mngr, step, params, opt_state, rng, iterator, meta, writer)
         finally:
             writer.close()
-    export = export_hf(nnx.merge(graphdef, params), workdir / "model", source=folder)
-    summary = {"step": meta["step"], "params_sha256": checkpoint.fingerprint(params),
+    host_params = to_host(params)  # whole on every process (a collective), written by one
+    fingerprint = checkpoint.fingerprint(host_params)
+    if not main:
+        return {"step": meta["step"], "params_sha256": fingerprint}
+    export = export_hf(nnx.merge(graphdef, host_params), workdir / "model", source=folder)
+    summary = {"step": meta["step"], "params_sha256": fingerprint,
                "skipped_updates": meta["skipped_updates"],
                "heldout": job.phases(workdir, bool(config.sft.steps)), "workdir": str(workdir),
                "curves": str(metrics.plot(workdir)), "model": str(export)}  # fmt: skip
@@ -257,7 +277,8 @@ def flush(pending: Pending, meta: dict, writer: metrics.Writer, clock: job.Clock
             f"ETA {clock.eta(pending.step)}"
         )
         end = "\r" if sys.stderr.isatty() else "\n"
-        print(f"{line:<110}", end=end, file=sys.stderr, flush=True)
+        if writer.enabled:
+            print(f"{line:<110}", end=end, file=sys.stderr, flush=True)
     return meta
 
 
@@ -294,10 +315,13 @@ def main(argv: list[str]) -> None:
     if config is None:
         sys.exit(job.fail("fcrl.train", "--config is required, e.g. --config configs/tiny.py"))
     logging.getLogger("absl").setLevel(logging.WARNING)
+    initialize_distributed()  # one of several processes: one program on the global mesh
     try:
         summary = run(config, config.workdir)
     except (OSError, ValueError, NonFiniteLoss) as e:  # they name the file or field
         sys.exit(job.report_error("fcrl.train", e, pathlib.Path(config.workdir)))
+    if not is_main():
+        return
     if summary["heldout"]:
         print(job.table(summary["heldout"]))
     print(f"run folder: {summary['workdir']} (summary.json, metrics.jsonl, eval.jsonl, tb/)")

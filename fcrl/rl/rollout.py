@@ -10,6 +10,7 @@ from flax import nnx
 from fcrl.rl.loss import token_logprobs
 from fcrl.rl.train import Batch, prompt_group
 from fcrl.sampler import FINISH, Rollouts
+from fcrl.sharding import to_host
 from fcrl.verifier import REASONS
 
 
@@ -77,8 +78,8 @@ def policy_logprobs(
     columns = {"start": batch.start, "group": prompt_group(batch, rows, config.rl.group_size)}
     if config.old_logprobs == "recompute":
         logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT, **columns)
-        gap_BT = np.abs(np.asarray(logp_BT) - np.asarray(batch.old_logp_BT))
-        on_BT = np.asarray(batch.completion_BT)
+        gap_BT = np.abs(to_host(logp_BT) - to_host(batch.old_logp_BT))
+        on_BT = to_host(batch.completion_BT)
         gaps = {"sampler/logp_diff_max": float(gap_BT[on_BT].max()),
                 "sampler/logp_diff_mean": float(gap_BT[on_BT].mean())}  # fmt: skip
         batch = batch.replace(old_logp_BT=logp_BT, old_entropy_BT=entropy_BT)
