@@ -1,6 +1,6 @@
 """The paper's runs (METHOD.md §4): EGPO and its plain-GRPO baseline, the same in everything
-else, on Qwen2.5-Coder-7B-Instruct and Llama-3.2-3B-Instruct, each for a TPU v5p-32, a v4-32 or
-8×H100 (`slice=...`). The four files egpo_*/grpo_* call `get_config` here.
+else, on Qwen2.5-Coder-7B-Instruct and Llama-3.2-3B-Instruct, each for a TPU v5p-32, a v4-32, a v5e-8
+or 8×H100 (`slice=...`). The four files egpo_*/grpo_* call `get_config` here.
 
 Before a run: the checkpoint downloaded to `model.path` (e.g. `huggingface-cli download
 Qwen/Qwen2.5-Coder-7B-Instruct --local-dir checkpoints/Qwen2.5-Coder-7B-Instruct`) and the
@@ -20,6 +20,7 @@ from configs.common import parse_arg
 # JAX devices (chips), HBM per chip (GB), dense bf16 peak per chip (TFLOP/s), and the mesh:
 # FSDP over every chip (7B: 84 GB of f32 parameters and AdamW moments).
 SLICES = {
+    "v5e-8": {"chips": 8, "hbm_gb": 16, "peak_tflops": 197},  # one host
     "v5p-32": {"chips": 16, "hbm_gb": 95, "peak_tflops": 459},
     "v4-32": {"chips": 16, "hbm_gb": 32, "peak_tflops": 275},
     "8xh100": {"chips": 8, "hbm_gb": 80, "peak_tflops": 989},
