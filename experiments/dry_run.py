@@ -35,8 +35,8 @@ from fcrl.models.decoder import Decoder  # noqa: E402
 from fcrl.rl.rollout import sequence_logprobs  # noqa: E402
 from fcrl.rl.train import (  # noqa: E402
     Batch,
-    init_opt_state,
     make_optimizer,
+    opt_shardings,
     step_shardings,
     train_step,
 )
@@ -86,7 +86,9 @@ def dry_run(config, mfu: float) -> dict:
     params = jax.tree.map(lambda x, s: abstract(x.shape, x.dtype, s), state,
                           shardings(state, TRAIN_RULES, mesh))  # fmt: skip
     optimizer = make_optimizer(config.optim)
-    opt_state = jax.eval_shape(functools.partial(init_opt_state, optimizer), params)
+    opt_state = jax.tree.map(lambda x, s: abstract(x.shape, x.dtype, s),
+                             jax.eval_shape(optimizer.init, params),
+                             opt_shardings(optimizer, params))  # fmt: skip
     g, p = config.rl.group_size, config.prompts_per_step
     b, s, n = p * g, max(sampling.buckets), sampling.max_new_tokens
     rows = NamedSharding(mesh, P(tuple(a for a in BATCH if a in mesh.shape)))
@@ -115,7 +117,7 @@ def dry_run(config, mfu: float) -> dict:
                   *(abstract(shape, dtype, None) for shape, dtype in  # automata: states × vocab
                     (((16, cfg.vocab_size), jnp.int32), ((16,), bool),
                      ((16, cfg.vocab_size), jnp.int32), ((16,), bool))))  # fmt: skip
-        prompts = (abstract((p, s), jnp.int32, rows), abstract((p, s), bool, rows))
+        prompts = (abstract((p, s), jnp.int32, None), abstract((p, s), bool, None))  # as numpy
         args = (graphdef, params, *prompts, key, *tables)
         programs["prefill"] = prefill.lower(*args, sampling=sampling).compile()
         prompt, started = jax.eval_shape(functools.partial(prefill, sampling=sampling), *args)

@@ -295,17 +295,21 @@ def _merge_stats(a: dict, b: dict) -> dict:
 def init_opt_state(optimizer: optax.GradientTransformation, params: nnx.State) -> optax.OptState:
     """The optimizer state, each moment placed like its parameter (scalars replicated) from the
     start, so the first step does not reshard."""
+    return jax.jit(optimizer.init, out_shardings=opt_shardings(optimizer, params))(params)
+
+
+def opt_shardings(optimizer: optax.GradientTransformation, params: nnx.State):
+    """The optimizer state's shardings for `params` (arrays or ShapeDtypeStructs)."""
     shardings = jax.tree.map(lambda x: x.sharding, params)
     leaf = jax.tree.leaves(shardings)[0]
     scalar = NamedSharding(leaf.mesh, P()) if isinstance(leaf, NamedSharding) else leaf
-    out = optax.tree_map_params(
+    return optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
         jax.eval_shape(optimizer.init, params),
         shardings,
         transform_non_params=lambda _: scalar,
     )
-    return jax.jit(optimizer.init, out_shardings=out)(params)
 
 
 def step_shardings(params: nnx.State, opt_state: optax.OptState, mesh: jax.sharding.Mesh):
