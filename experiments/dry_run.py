@@ -37,6 +37,7 @@ from fcrl.rl.train import (  # noqa: E402
     Batch,
     make_optimizer,
     opt_shardings,
+    prompt_group,
     step_shardings,
     train_step,
 )
@@ -81,7 +82,7 @@ def dry_run(config, mfu: float) -> dict:
     mesh = make_mesh(dict(config.mesh))
     hf = json.loads(pathlib.Path(config.model.shape).read_text())
     cfg = ModelConfig.from_hf(hf, config.model.shape, dtype=config.model.dtype,
-                              param_dtype="float32")  # fmt: skip
+                              param_dtype="float32", remat=config.model.remat)  # fmt: skip
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
     params = jax.tree.map(lambda x, s: abstract(x.shape, x.dtype, s), state,
                           shardings(state, TRAIN_RULES, mesh))  # fmt: skip
@@ -102,6 +103,8 @@ def dry_run(config, mfu: float) -> dict:
     rl = job.rl_section(config)
     programs = {}
     with jax.set_mesh(mesh):
+        m = config.rl.micro_batches
+        group = prompt_group(batch, b // m, g)  # G: each prompt runs once for its rows
         step = jax.jit(functools.partial(train_step, graphdef, rl=rl, optimizer=optimizer),
                        in_shardings=in_shardings, out_shardings=out_shardings,
                        donate_argnames=("params", "opt_state"))  # fmt: skip
@@ -109,7 +112,8 @@ def dry_run(config, mfu: float) -> dict:
         if config.rl.kl_coef > 0:
             ref = jax.jit(functools.partial(sequence_logprobs, graphdef,
                                             temperature=config.rl.temperature,
-                                            chunk=config.rl.logprob_chunk, start=s, group=g),
+                                            chunk=config.rl.logprob_chunk, start=s,
+                                            group=group, micro_batches=m),
                           out_shardings=rows)  # fmt: skip
             programs["reference pass"] = ref.lower(params, batch.tokens_BT, batch.mask_BT).compile()
         key = jax.eval_shape(lambda: jax.random.key(0))
@@ -155,6 +159,7 @@ def dry_run(config, mfu: float) -> dict:
             "prompt": s,
             "new_tokens": n,
             "micro_batches": config.rl.micro_batches,
+            "prompt_group": group,
         },  # fmt: skip
         "per_chip_bytes": held | {"resident": resident},
         "programs": table,
@@ -178,7 +183,8 @@ def report(out: dict) -> str:
     lines = [f"{c['model']} on {c['slice']} ({c['chips']} chips, {c['hbm_gb']} GB HBM each), "
              f"mesh {c['mesh']}; {c['parameters'] / 1e9:.2f} B parameters; a step of "
              f"{c['rows']} rows × ({c['prompt']} + {c['new_tokens']}) tokens, "
-             f"{c['micro_batches']} micro-batches",
+             f"{c['micro_batches']} micro-batches"
+             + (", each prompt run once for its group" if c["prompt_group"] > 1 else ""),
              "per chip (GB, estimates from the CPU compiler):"]  # fmt: skip
     for name, value in out["per_chip_bytes"].items():
         lines.append(f"  {name:<26}{value / GB:9.2f}")

@@ -18,11 +18,13 @@ from absl import flags
 
 from configs import prepare as prepare_config
 from fcrl import chat, prepare
+from fcrl.models.decoder import Decoder
 from fcrl.models.gguf import default_model_dir
+from fcrl.models.hf import load_hf
 from fcrl.models.tiny import tiny_checkpoint
 from fcrl.rl.train import check_optim, check_rl
 from fcrl.sampler import Sampler, SamplingConfig
-from fcrl.sharding import BATCH, make_mesh
+from fcrl.sharding import BATCH, TRAIN_RULES, make_mesh
 from fcrl.verifier import REASONS, Options, verify_batch
 
 KINDS = ("single", "multiple", "parallel", "parallel_multiple", "irrelevance")
@@ -165,6 +167,13 @@ def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
     workdir.mkdir(parents=True, exist_ok=True)
     resolved = {"config": json.loads(config.to_json_best_effort()), "commit": git_commit()}
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def trainable_model(folder: pathlib.Path, config: ml_collections.ConfigDict, mesh) -> Decoder:
+    """The checkpoint at `folder` placed for training on `mesh`: float32 parameters, the
+    config's compute dtype and remat."""
+    return load_hf(folder, mesh=mesh, rules=TRAIN_RULES, dtype=config.model.dtype,
+                   param_dtype="float32", remat=config.model.get("remat", False))  # fmt: skip
 
 
 def model_folder(path: str, workdir: pathlib.Path) -> pathlib.Path:

@@ -33,11 +33,10 @@ from ml_collections import config_flags
 
 from fcrl import chat, checkpoint, job, metrics
 from fcrl.data.pipeline import dataset, load_records
-from fcrl.models import export_hf, load_hf
+from fcrl.models import export_hf
 from fcrl.rl.loss import token_logprobs
 from fcrl.rl.train import init_opt_state, make_optimizer, step_shardings
 from fcrl.sampler import Sampler
-from fcrl.sharding import TRAIN_RULES
 from fcrl.verifier.render import first_accepted, render
 
 
@@ -126,8 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathl
     mesh = job.mesh_of(config, sft.batch_size)
 
     folder = job.model_folder(config.model.path, workdir)
-    model = load_hf(folder, mesh=mesh, rules=TRAIN_RULES, dtype=config.model.dtype,
-                    param_dtype="float32")  # fmt: skip
+    model = job.trainable_model(folder, config, mesh)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     graphdef, params = nnx.split(model)
     context, eos = model.cfg.max_position_embeddings, chat.eos_ids(folder, tokenizer)

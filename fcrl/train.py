@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from fcrl import chat, checkpoint, job, metrics, sft
 from fcrl.data.pipeline import dataset, load_records
 from fcrl.eval import harness
-from fcrl.models import export_hf, load_hf
+from fcrl.models import export_hf
 from fcrl.rl.rollout import (
     make_batch,
     mini_batches,
@@ -53,7 +53,6 @@ from fcrl.rl.rollout import (
 from fcrl.rl.train import init_opt_state, make_optimizer, step_shardings, train_step
 from fcrl.sampler import FINISH, Rollouts, Sampler, token_pieces
 from fcrl.sharding import (
-    TRAIN_RULES,
     global_order,
     initialize_distributed,
     is_main,
@@ -98,8 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     # With an SFT phase, RL starts from its model (trained first, or found done in WORKDIR/sft).
     folder = main_first(job.model_folder, config.model.path, workdir)
     start_folder = sft.run(config, workdir) if config.sft.steps else folder
-    model = load_hf(start_folder, mesh=mesh, rules=TRAIN_RULES, dtype=config.model.dtype,
-                    param_dtype="float32")  # fmt: skip
+    model = job.trainable_model(start_folder, config, mesh)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     eos = chat.eos_ids(folder, tokenizer)
     graphdef, params = nnx.split(model)
@@ -138,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     )
     both = functools.partial(sequence_logprobs, graphdef, temperature=config.rl.temperature,
                              chunk=config.rl.logprob_chunk)  # fmt: skip
-    static = ("start", "group")
+    static = ("start", "group", "micro_batches")
     logprobs = jax.jit(both, out_shardings=rows, static_argnames=static)  # and entropies
     ref_logprobs = jax.jit(
         lambda *args, **columns: both(*args, **columns)[0],

@@ -10,7 +10,9 @@ FAMILIES = ("llama", "qwen2", "qwen3")
 class ModelConfig:
     """Frozen, hashable architecture of a Llama / Qwen2 / Qwen3 decoder.
 
-    `dtype` (compute) and `param_dtype` are run-time choices, not part of config.json.
+    `dtype` (compute), `param_dtype` and `remat` are run-time choices, not part of config.json.
+    `remat`: the backward pass recomputes each layer's activations and each attention block's
+    scores instead of keeping them (long sequences: memory for about a third more compute).
     """
 
     family: str
@@ -32,6 +34,7 @@ class ModelConfig:
     rope_llama3: tuple[float, float, float, int] | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat: bool = False
 
     @classmethod
     def from_hf(cls, d: dict[str, Any], source: str = "config.json", **overrides) -> "ModelConfig":

@@ -83,22 +83,26 @@ def attention(
 
 
 def causal_attention(
-    q_BTHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask_BT: jax.Array
-) -> jax.Array:
-    """Causal self-attention over one sequence whose real tokens are `mask_BT`.
+    q_BTHE: jax.Array, k_BXKE: jax.Array, v_BXKE: jax.Array, mask_BX: jax.Array,
+    offset: int = 0, remat: bool = False,
+) -> jax.Array:  # fmt: skip
+    """Causal attention of T queries, the last T of X = `offset` + T positions, over the keys
+    `mask_BX` marks real: query t sees keys x ≤ offset + t.
 
     Query block i only meets keys up to its own end, skipping the blocks above the diagonal:
-    about half the work of the full square, and no [B, T, T] mask is ever built (at most 16
-    blocks, of at least 64 queries, keep the unrolled graph small).
+    about half the work of the full square, and no [B, T, X] mask is ever built (at most 16
+    blocks, of at least 64 queries, keep the unrolled graph small). With `remat` the backward
+    pass recomputes a block's scores, so no more than one block's are ever held.
     """
     t = q_BTHE.shape[1]
     block = max(64, -(-t // 16))
     outs = []
     for i in range(0, t, block):
         j = min(i + block, t)
-        causal_TS = jnp.arange(i, j)[:, None] >= jnp.arange(j)[None, :]
-        mask_BTS = causal_TS[None] & mask_BT[:, None, :j]
-        outs.append(attention(q_BTHE[:, i:j], k_BTKE[:, :j], v_BTKE[:, :j], mask_BTS))
+        causal_TX = jnp.arange(offset + i, offset + j)[:, None] >= jnp.arange(offset + j)[None]
+        mask_BTX = causal_TX[None] & mask_BX[:, None, : offset + j]
+        one = jax.checkpoint(attention) if remat else attention
+        outs.append(one(q_BTHE[:, i:j], k_BXKE[:, : offset + j], v_BXKE[:, : offset + j], mask_BTX))
     return jnp.concatenate(outs, axis=1)
 
 
@@ -175,7 +179,7 @@ class Layer(nnx.Module):
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The block over a whole sequence; also returns its keys and values (a prompt's cache)."""
         q_BTHE, k_BTKE, v_BTKE = self.project_qkv(x_BTD, positions_BT, inv_freq)
-        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BT)
+        attn_BTHE = causal_attention(q_BTHE, k_BTKE, v_BTKE, mask_BT, remat=self.cfg.remat)
         return self.finish(x_BTD, attn_BTHE), k_BTKE, v_BTKE
 
 
@@ -225,7 +229,7 @@ class Decoder(nnx.Module):
             )
             return x_BTD, (k_BTKE, v_BTKE)
 
-        x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(body, self.embed(tokens_BT), layers)
+        x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(self._remat(body), self.embed(tokens_BT), layers)
         return x_BTD, k_LBTKE, v_LBTKE
 
     def hidden_shared(
@@ -244,14 +248,8 @@ class Decoder(nnx.Module):
         positions_PS = jnp.maximum(jnp.cumsum(prompt_mask_PS, axis=1) - 1, 0)
         lengths_B1 = jnp.repeat(prompt_mask_PS.sum(axis=1), g)[:, None]
         positions_BN = jnp.maximum(lengths_B1 + jnp.cumsum(mask_BN, axis=1) - 1, 0)
-        causal_NN = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
-        mask_BNX = jnp.concatenate(
-            [
-                jnp.broadcast_to(jnp.repeat(prompt_mask_PS, g, axis=0)[:, None], (b, n, s)),
-                causal_NN[None] & mask_BN[:, None, :],
-            ],
-            axis=2,
-        )
+        # Row b's keys: its prompt's S, then its own N (query n sees keys x ≤ S + n).
+        keys_BX = jnp.concatenate([jnp.repeat(prompt_mask_PS, g, axis=0), mask_BN], axis=1)
         inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
 
@@ -262,12 +260,17 @@ class Decoder(nnx.Module):
             q_BNHE, k_BNKE, v_BNKE = layer.project_qkv(x_BND, positions_BN, inv_freq)
             k_BXKE = jnp.concatenate([jnp.repeat(k_PSKE, g, axis=0), k_BNKE], axis=1)
             v_BXKE = jnp.concatenate([jnp.repeat(v_PSKE, g, axis=0), v_BNKE], axis=1)
-            x_BND = layer.finish(x_BND, attention(q_BNHE, k_BXKE, v_BXKE, mask_BNX))
+            attn_BNHE = causal_attention(q_BNHE, k_BXKE, v_BXKE, keys_BX, s, self.cfg.remat)
+            x_BND = layer.finish(x_BND, attn_BNHE)
             return (x_PSD, x_BND), (k_PSKE, v_PSKE, k_BNKE, v_BNKE)
 
         carry = (self.embed(prompt_PS), self.embed(tokens_BN))
-        (x_PSD, x_BND), kv = jax.lax.scan(body, carry, layers)
+        (x_PSD, x_BND), kv = jax.lax.scan(self._remat(body), carry, layers)
         return x_PSD, x_BND, kv
+
+    def _remat(self, body):
+        """The scanned layer body; with `cfg.remat` its backward recomputes its activations."""
+        return jax.checkpoint(body, prevent_cse=False) if self.cfg.remat else body
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
         """Final norm and output projection (the tied embedding or lm_head), in float32."""

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from fcrl.rl.loss import token_logprobs
-from fcrl.rl.train import Batch, prompt_group
+from fcrl.rl.train import Batch, micro_join, micro_split, prompt_group
 from fcrl.sampler import FINISH, Rollouts
 from fcrl.sharding import to_host
 from fcrl.verifier import REASONS
@@ -60,12 +60,18 @@ def make_batch(rollouts: Rollouts, rewards_B: np.ndarray, pieces: list[bytes]) -
 
 def sequence_logprobs(
     graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array, mask_BT: jax.Array,
-    *, temperature: float, chunk: int, start: int = 1, group: int = 1,
+    *, temperature: float, chunk: int, start: int = 1, group: int = 1, micro_batches: int = 1,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """The training graph's log-probs and entropies of a batch (old or reference policy) from
-    column `start` on, each prompt run once for its `group` rows."""
+    column `start` on, each prompt run once for its `group` rows, `micro_batches` parts one
+    after another (split as the train step splits them)."""
     model = nnx.merge(graphdef, params)
-    return token_logprobs(model, tokens_BT, mask_BT, temperature, chunk, start, group)
+
+    def part(xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        return token_logprobs(model, *xs, temperature, chunk, start, group)
+
+    split = (micro_split(x, micro_batches, group) for x in (tokens_BT, mask_BT))
+    return jax.tree.map(lambda x: micro_join(x, group), jax.lax.map(part, tuple(split)))
 
 
 def policy_logprobs(
@@ -75,7 +81,9 @@ def policy_logprobs(
     "recompute", logging their gap to the sampler's; `logprobs`) and the reference's log-probs
     (when β > 0; `ref_logprobs`, which computes no entropies)."""
     gaps, rows = {}, batch.rewards_B.shape[0]
-    columns = {"start": batch.start, "group": prompt_group(batch, rows, config.rl.group_size)}
+    m = config.updates.mini_batches * config.rl.micro_batches  # the train step's row count
+    group = prompt_group(batch, rows // m, config.rl.group_size)
+    columns = {"start": batch.start, "group": group, "micro_batches": m}
     if config.old_logprobs == "recompute":
         logp_BT, entropy_BT = logprobs(params, batch.tokens_BT, batch.mask_BT, **columns)
         gap_BT = np.abs(to_host(logp_BT) - to_host(batch.old_logp_BT))

@@ -12,6 +12,7 @@ params and optimizer state:
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -145,9 +146,29 @@ class Batch:
 
 
 def prompt_group(batch: Batch, rows: int, group_size: int) -> int:
-    """G when `rows` consecutive rows of `batch` hold whole groups behind a known prompt (each
-    prompt then runs through the model once), else 1 (each row runs its own)."""
-    return group_size if batch.start > 1 and rows % group_size == 0 else 1
+    """G when `rows` consecutive rows of `batch` hold whole groups behind a known prompt, as many
+    on each data-parallel device of the current mesh (each prompt then runs through the model
+    once, where its rows are), else 1 (each row runs its own)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    devices = 1 if mesh.empty else math.prod(mesh.shape.get(a, 1) for a in BATCH)
+    return group_size if batch.start > 1 and rows % (group_size * devices) == 0 else 1
+
+
+def micro_split(x: jax.Array, m: int, unit: int) -> jax.Array:
+    """[B, …] → [m, B/m, …]: micro-batch k holds the units (`unit` consecutive rows: 1, or a
+    group behind its shared prompt) k, k + m, k + 2m, …, so rows split over devices stay where
+    they are (a device holding whole units of every micro-batch, as it does when its rows are
+    a multiple of m·unit) and each micro-batch spreads over all devices."""
+    b = x.shape[0]
+    units = x.reshape(b // (m * unit), m, unit, *x.shape[1:])
+    return units.swapaxes(0, 1).reshape(m, b // m, *x.shape[1:])
+
+
+def micro_join(x: jax.Array, unit: int) -> jax.Array:
+    """The inverse of `micro_split`: [m, B/m, …] → [B, …]."""
+    m, rows = x.shape[:2]
+    units = x.reshape(m, rows // unit, unit, *x.shape[2:])
+    return units.swapaxes(0, 1).reshape(m * rows, *x.shape[2:])
 
 
 def objective_inputs(batch: Batch, rl) -> tuple[jax.Array, jax.Array, jax.Array, dict]:
@@ -196,14 +217,15 @@ def train_step(
     if rl.kl_coef == 0 and rl.entropy_coef == 0:
         skip |= jnp.all(uniform_groups(batch.rewards_B.reshape(-1, rl.group_size)))
 
+    unit = prompt_group(batch, b // m, rl.group_size)
+
     def micro(x: jax.Array) -> jax.Array:
-        return x.reshape(m, b // m, *x.shape[1:])
+        return micro_split(x, m, unit)
 
     def loss_fn(params: nnx.State, mb: Batch, adv_BT: jax.Array, weight_BT: jax.Array):
         model = nnx.merge(graphdef, params)
-        group = prompt_group(mb, b // m, rl.group_size)
         logp_BT, entropy_BT = token_logprobs(
-            model, mb.tokens_BT, mb.mask_BT, rl.temperature, rl.logprob_chunk, mb.start, group
+            model, mb.tokens_BT, mb.mask_BT, rl.temperature, rl.logprob_chunk, mb.start, unit
         )
         loss, sums = policy_loss(
             logp_BT, entropy_BT, mb.old_logp_BT, mb.ref_logp_BT, adv_BT, weight_BT, count, rl

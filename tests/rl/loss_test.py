@@ -164,13 +164,17 @@ def test_logprobs_from_a_start_column_equal_the_full_ones_there(start):
         loss_lib.token_logprobs(model, tokens, mask, 0.7, 5, start=12)
 
 
-def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradient():
+@pytest.mark.parametrize("group, remat", [(3, False), (1, True), (3, True)])
+def test_a_shared_prompt_and_remat_give_the_same_logprobs_and_gradient(group, remat):
     """Two prompts (one left-padded) × G = 3 rollouts (right-padded), in float64: the grouped
-    path equals the per-row one in values and in the gradient of a weighted sum (to ~1e-15:
-    only the order of the sums differs)."""
+    path (each prompt run once) and remat (the backward pass recomputing each layer and each
+    attention block) equal the plain per-row one in values and in the gradient of a weighted
+    sum (to ~1e-15: only the order of the sums differs)."""
     model, state = tiny.random_model("qwen2")
     model.cfg = dataclasses.replace(model.cfg, dtype="float64")
-    graphdef = nnx.graphdef(model)
+    graphdefs = {False: nnx.graphdef(model)}
+    model.cfg = dataclasses.replace(model.cfg, remat=True)
+    graphdefs[True] = nnx.graphdef(model)
     rng = np.random.default_rng(1)
     g, s, n = 3, 5, 7
     prompt = np.repeat(rng.integers(0, 96, (2, s)), g, axis=0)
@@ -181,15 +185,15 @@ def test_a_shared_prompt_runs_once_and_gives_the_same_logprobs_and_gradient():
                                       axis=1))  # fmt: skip
     weights = rng.normal(size=(2 * g, s + n))
 
-    def total(state, group):
-        logp, entropy = loss_lib.token_logprobs(nnx.merge(graphdef, state), tokens, mask, 0.7, 4,
-                                                start=s, group=group)  # fmt: skip
+    def total(state, group, remat):
+        logp, entropy = loss_lib.token_logprobs(nnx.merge(graphdefs[remat], state), tokens, mask,
+                                                0.7, 4, start=s, group=group)  # fmt: skip
         return jnp.sum(jnp.where(mask, weights * logp + entropy, 0.0)), (logp, entropy)
 
     with jax.enable_x64(True):
         state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
-        (want, want_aux), want_grad = jax.value_and_grad(total, has_aux=True)(state, 1)
-        (got, got_aux), got_grad = jax.value_and_grad(total, has_aux=True)(state, g)
+        (want, want_aux), want_grad = jax.value_and_grad(total, has_aux=True)(state, 1, False)
+        (got, got_aux), got_grad = jax.value_and_grad(total, has_aux=True)(state, group, remat)
     for a, b in zip(got_aux, want_aux, strict=True):
         np.testing.assert_allclose(np.asarray(a)[mask], np.asarray(b)[mask], rtol=1e-10)
     np.testing.assert_allclose(got, want, rtol=1e-10)
@@ -244,3 +248,37 @@ def test_chunked_recompute_needs_a_quarter_of_the_memory():
     chunked, unchunked = temp_bytes(256), temp_bytes(2048)
     assert unchunked > 8 * 2048 * 151_936 * 4  # the full logits are there
     assert chunked <= unchunked / 4, (chunked, unchunked)  # here: 4.96 vs 37.4 GiB
+
+
+def test_remat_keeps_one_attention_block_not_every_layers_scores():
+    """B=2, T=2048 on a narrow 4-layer model: without remat the gradient keeps every layer's
+    attention probabilities (4 × 2 rows × 4 heads × ~T²/2 × 4 bytes ≈ 270 MB); with remat it
+    recomputes a layer, and within it one query block, at a time: ≤ ¼ of the temporaries.
+    Read from the compiled programs; nothing runs."""
+    base = dataclasses.replace(
+        ModelConfig.from_hf(tiny.hf_config("qwen2").to_dict()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+    )
+    tokens = jax.ShapeDtypeStruct((2, 2048), jnp.int32)
+    mask = jax.ShapeDtypeStruct((2, 2048), jnp.bool_)
+
+    def temp_bytes(remat: bool) -> int:
+        cfg = dataclasses.replace(base, remat=remat)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+
+        def loss(state, tokens, mask):
+            logp, _ = loss_lib.token_logprobs(nnx.merge(graphdef, state), tokens, mask, 0.7, 256)
+            return logp.sum()
+
+        compiled = jax.jit(jax.grad(loss)).lower(state, tokens, mask).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    kept, recomputed = temp_bytes(False), temp_bytes(True)
+    assert kept > 4 * 2 * 4 * 2048 * 2048 // 2 * 4  # every layer's probabilities are there
+    assert recomputed <= kept / 4, (recomputed, kept)

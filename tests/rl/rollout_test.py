@@ -1,10 +1,15 @@
-"""fcrl.rl.rollout: the <think> span from the tokens' bytes."""
+"""fcrl.rl.rollout: the <think> span from the tokens' bytes, group selection, and the
+micro-batched log-prob pass."""
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from fcrl.models.tiny import char_tokenizer
 from fcrl.rl import rollout
 from fcrl.sampler import token_pieces
+from tests.models import tiny
+from tests.rl.train_test import G, make_batch
 
 
 def test_think_mask_follows_the_bytes():
@@ -30,3 +35,20 @@ def test_signal_groups_prefer_groups_whose_rewards_differ():
     assert signal_groups(rewards, 3, 3).tolist() == [0, 1, 3]  # then the first uniform one
     assert signal_groups(rewards, 3, 4).tolist() == [0, 1, 2, 3]  # no oversampling: all
     assert signal_groups(np.zeros(6, np.float32), 3, 1).tolist() == [0]
+
+
+def test_micro_batched_logprobs_equal_the_whole_batch():
+    """The old / reference pass in parts, per row or with each prompt run once for its group,
+    gives the whole batch's log-probs and entropies (float32 noise of a different batch shape)."""
+    model, state = tiny.random_model("qwen2")
+    batch = make_batch(model, state)
+    tokens, mask = jnp.asarray(batch.tokens_BT), jnp.asarray(batch.mask_BT)
+
+    def run(**kw):
+        return rollout.sequence_logprobs(nnx.graphdef(model), state, tokens, mask,
+                                         temperature=0.7, chunk=5, start=8, **kw)  # fmt: skip
+
+    want = run()
+    for kw in ({"micro_batches": 4}, {"group": G, "micro_batches": 2}):
+        for got, expected in zip(run(**kw), want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
