@@ -557,7 +557,7 @@ def decode(
 
     def cond(s: DecodeState) -> jax.Array:
         running = jnp.sum(jnp.any((s.finish_B == 0).reshape(-1, sampling.num_samples), axis=1))
-        return (s.step < sampling.max_new_tokens) & (running > max(until, 0))
+        return (s.step < sampling.max_new_tokens) & (running > until)
 
     def body(s: DecodeState) -> DecodeState:
         t = s.step - 1  # feeds the last sampled token, t, and samples token t + 1

@@ -158,6 +158,7 @@ def test_the_exported_policy_loads_in_transformers(sft_run):
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_killed_sft_phase_resumes_and_a_finished_one_is_not_redone(sft_run, tmp_path):
     """Killed once SFT's checkpoint 2 is written, then again during RL (SFT done): the third
     start runs no SFT step, and the run ends where the uninterrupted one did."""
@@ -194,6 +195,7 @@ def without_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(keep)} for r in rows]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_the_uninterrupted_run(reference_run, tmp_path):
     """Killed the moment the checkpoint of step 2 starts to appear (mid-write, or just after),
     then again while step 3 runs, then started a third time with the same command: the same
@@ -248,6 +250,7 @@ def flat(tree) -> dict[str, np.ndarray]:
             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_one_device_eight_devices_and_micro_batches_give_one_update(graded, tmp_path):
     """Through the whole loop (rollouts, rewards, batch, update): the 1-device step, the same
     step on a 4 × 2 (fsdp × tensor) mesh, and in 4 micro-batches agree within float32 noise."""
@@ -264,6 +267,7 @@ def test_one_device_eight_devices_and_micro_batches_give_one_update(graded, tmp_
     assert first["update/skipped"] == 0 and 0 < first["reward/mean"] < 1
 
 
+@pytest.mark.slow
 def test_all_uniform_groups_skip_the_update(tmp_path):
     """A random model earns no reward: with uniform groups masked, nothing moves (no AdamW
     momentum or weight decay on a zero gradient), and the skipped updates are counted."""
@@ -277,6 +281,7 @@ def test_all_uniform_groups_skip_the_update(tmp_path):
     assert summary["params_sha256"] == checkpoint.fingerprint(initial)
 
 
+@pytest.mark.slow
 def test_mini_batches_on_a_mesh(graded, tmp_path):
     """Two optimizer updates per rollout batch (two mini-batches of whole groups), each placed
     on the 8-device mesh like the batch."""
@@ -286,6 +291,7 @@ def test_mini_batches_on_a_mesh(graded, tmp_path):
     assert row["update/count"] == 2 and row["update/skipped"] < 2 and "loss/total" in row
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_with_the_last_checkpoint_intact(tmp_path):
     """lr = 1e38 turns the weights into ~1e38 after step 1 (whose loss was finite, and which is
     checkpointed): step 2's loss is not finite, and the run stops naming it."""

@@ -87,12 +87,11 @@ def summarize(scores: list[dict], categories: list[str], entries: dict, config, 
     n = {c: v["n"] for c, v in per.items()}
     # Our verifier reads Python literals: the agreement is over the python categories, and Java
     # and JavaScript (`true`, `new Path(...)`, typed values) count by the official checker.
-    python = [
-        s for s in scores if bfcl.CATEGORIES.get(s["category"], ("", "python"))[1] == "python"
-    ]
+    other = {c for c, (_, language) in bfcl.CATEGORIES.items() if language != "python"}
+    python = [s for s in scores if s["category"] not in other]
     checked = [s for s in python if s["official"] is not None and s["ours"] is not None]
     differ = [s for s in checked if s["ours"] != s["official"]]
-    official = {"simple_java", "simple_javascript", *MULTI_TURN}
+    official = other | set(MULTI_TURN)
     return {
         "model": model_name,
         "config": {

@@ -92,7 +92,12 @@ def as_dtype(tree, dtype):
     )
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "dr_grpo"])
+# One aggregation by default; the others (the same code path, ~25 s each) with -m slow.
+@pytest.mark.parametrize(
+    "aggregation",
+    ["token_mean", *(pytest.param(a, marks=pytest.mark.slow) for a in ("seq_mean_token_mean",
+                                                                     "dr_grpo"))],
+)  # fmt: skip
 def test_micro_batches_a_mesh_and_a_start_give_the_one_batch_update(aggregation):
     """In float64 the four agree to ~1e-14: only the order of the sums differs. (In float32
     that reordering alone moves the update by ~1e-5 of its largest entry.) `start` = 8, the
