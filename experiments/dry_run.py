@@ -143,8 +143,10 @@ def dry_run(config, mfu: float) -> dict:
 
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     rollout = flops(cfg, n_params, b * n, s + n / 2) + flops(cfg, n_params, p * s, s / 2)
-    passes = 3 + (1 if config.rl.kl_coef > 0 else 0) + (config.old_logprobs == "recompute")
-    train = passes * flops(cfg, n_params, b * (s + n), (s + n) / 2)  # fwd + 2 × bwd (+ passes)
+    # Forward + backward (2 forwards' worth), remat's second forward, the reference and old passes.
+    passes = (3 + config.model.remat + (config.rl.kl_coef > 0)
+              + (config.old_logprobs == "recompute"))  # fmt: skip
+    train = passes * flops(cfg, n_params, b * (s + n), (s + n) / 2)
     per_step = rollout + train
     peak_flops = chips * config.slice.peak_tflops * 1e12
     out = {

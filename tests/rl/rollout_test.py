@@ -1,6 +1,9 @@
 """fcrl.rl.rollout: the <think> span from the tokens' bytes, group selection, and the
 micro-batched log-prob pass."""
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -39,16 +42,20 @@ def test_signal_groups_prefer_groups_whose_rewards_differ():
 
 def test_micro_batched_logprobs_equal_the_whole_batch():
     """The old / reference pass in parts, per row or with each prompt run once for its group,
-    gives the whole batch's log-probs and entropies (float32 noise of a different batch shape)."""
+    gives the whole batch's log-probs and entropies; in float64, where only the order of the
+    sums differs (in float32 the batch shape alone moves entropies by ~2e-5)."""
     model, state = tiny.random_model("qwen2")
     batch = make_batch(model, state)
+    model.cfg = dataclasses.replace(model.cfg, dtype="float64")
     tokens, mask = jnp.asarray(batch.tokens_BT), jnp.asarray(batch.mask_BT)
 
     def run(**kw):
         return rollout.sequence_logprobs(nnx.graphdef(model), state, tokens, mask,
                                          temperature=0.7, chunk=5, start=8, **kw)  # fmt: skip
 
-    want = run()
-    for kw in ({"micro_batches": 4}, {"group": G, "micro_batches": 2}):
-        for got, expected in zip(run(**kw), want, strict=True):
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(True):
+        state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
+        want = run()
+        for kw in ({"micro_batches": 4}, {"group": G, "micro_batches": 2}):
+            for got, expected in zip(run(**kw), want, strict=True):
+                np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
