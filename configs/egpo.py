@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "top_p": 1.0,
             "top_k": 0,
             "buckets": (256, 512, 768, 1024),  # prompt lengths; longer prompts are skipped
+            "max_prompts": 0,  # prompts rolled out together (0: a step's all); bounds the KV cache
         }
     )
     config.reward = ml_collections.ConfigDict({"shape": "binary"})  # binary | format_credit

@@ -17,14 +17,16 @@ import ml_collections
 from configs import egpo
 from configs.common import parse_arg
 
-# JAX devices (chips), HBM per chip (GB), dense bf16 peak per chip (TFLOP/s), the mesh (FSDP
-# over every chip: 7B is 91 GB of f32 parameters and AdamW moments) and the rows a chip trains
-# at a time: 8 (one group, its prompt run once) where HBM allows, else 1.
+# JAX devices (chips), HBM per chip (GB), dense bf16 peak per chip (TFLOP/s), and the prompts
+# rolled out together (the KV cache of 8 rows × 10k tokens each). The mesh is FSDP over every
+# chip (7B: 91 GB of f32 parameters and AdamW moments), and each chip trains one row at a time
+# (rows / chips micro-batches): a group's 8 rows on one chip (its prompt run once) would need
+# ~170 GB on a v5p at 10k tokens a row (experiments/dry_run.py).
 SLICES = {
-    "v5e-8": {"chips": 8, "hbm_gb": 16, "peak_tflops": 197, "rows_per_chip": 1},  # one host
-    "v5p-32": {"chips": 16, "hbm_gb": 95, "peak_tflops": 459, "rows_per_chip": 8},
-    "v4-32": {"chips": 16, "hbm_gb": 32, "peak_tflops": 275, "rows_per_chip": 1},
-    "8xh100": {"chips": 8, "hbm_gb": 80, "peak_tflops": 989, "rows_per_chip": 8},
+    "v5e-8": {"chips": 8, "hbm_gb": 16, "peak_tflops": 197, "rollout_prompts": 8},  # one host
+    "v5p-32": {"chips": 16, "hbm_gb": 95, "peak_tflops": 459, "rollout_prompts": 64},
+    "v4-32": {"chips": 16, "hbm_gb": 32, "peak_tflops": 275, "rollout_prompts": 16},
+    "8xh100": {"chips": 8, "hbm_gb": 80, "peak_tflops": 989, "rollout_prompts": 32},
 }
 MODELS = {  # name: (checkpoint folder, the HF config.json it has: the dry run's shapes)
     "qwen25_coder_7b": ("checkpoints/Qwen2.5-Coder-7B-Instruct",
@@ -42,15 +44,16 @@ def get_config(model: str, bonus: str, arg: str | None) -> ml_collections.Config
     config.workdir = f"runs/{'egpo' if bonus != 'none' else 'grpo'}_{model}_{arg.slice}"
     config.model.update(path=path, dtype="bfloat16", remat=True)  # bf16 over f32 parameters [D]
     config.model.shape = shape
-    chips, rows_per_chip = SLICES[arg.slice]["chips"], SLICES[arg.slice]["rows_per_chip"]
+    chips = SLICES[arg.slice]["chips"]
     config.slice = ml_collections.ConfigDict({"name": arg.slice, **SLICES[arg.slice]})
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": chips, "tensor": 1})
     config.data.update(train="data/xlam/train.jsonl", val="data/xlam/val.jsonl")  # [S]
     config.steps = 570  # [P]: the learning curves' length (5 epochs [S] of the refined set)
     config.prompts_per_step = 64  # × G = 512 rollouts a step [D] (not reported)
-    config.sampling.update(max_new_tokens=8192, buckets=(512, 1024, 2048))  # 8k responses [S]
+    config.sampling.update(max_new_tokens=8192, buckets=(512, 1024, 2048),  # 8k responses [S]
+                           max_prompts=SLICES[arg.slice]["rollout_prompts"])  # fmt: skip
     config.rl.update(kl_coef=0.001, temperature=0.7, bonus_lambda=0.4, bonus_kappa=2.0)  # [S]
-    config.rl.micro_batches = config.prompts_per_step * 8 // (chips * rows_per_chip)
+    config.rl.micro_batches = config.prompts_per_step * 8 // chips  # one row per chip
     config.optim.update(lr=1e-6, schedule="constant")  # [S]
     config.checkpoint_every = 10
     config.eval.update(every=50, size=256, max_new_tokens=1024, batch_size=256)

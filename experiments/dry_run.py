@@ -5,7 +5,8 @@
 Builds the model abstractly from the HF config.json at `model.shape` (no weights), places it with
 the train rules on a simulated CPU mesh of the slice's chip count (`slice.chips`), lowers and
 compiles the RL train step, the reference pass (β > 0) and the sampler's prefill and decode for
-the config's largest shapes (the widest prompt bucket, the whole `max_new_tokens`), and prints
+the config's largest shapes (the widest prompt bucket, the whole `max_new_tokens`, the
+`sampling.max_prompts` rolled out together), and prints
 per chip: parameter, optimizer and reference-model bytes, each program's arguments and
 temporaries from its compiled memory analysis, and the peak against `slice.hbm_gb`. Then the
 run's cost at the same largest shapes: tokens, FLOPs and hours on the slice at `--mfu`. Figures
@@ -121,7 +122,8 @@ def dry_run(config, mfu: float) -> dict:
                   *(abstract(shape, dtype, None) for shape, dtype in  # automata: states × vocab
                     (((16, cfg.vocab_size), jnp.int32), ((16,), bool),
                      ((16, cfg.vocab_size), jnp.int32), ((16,), bool))))  # fmt: skip
-        prompts = (abstract((p, s), jnp.int32, None), abstract((p, s), bool, None))  # as numpy
+        r = min(sampling.max_prompts or p, p)  # prompts rolled out together
+        prompts = (abstract((r, s), jnp.int32, None), abstract((r, s), bool, None))  # as numpy
         args = (graphdef, params, *prompts, key, *tables)
         programs["prefill"] = prefill.lower(*args, sampling=sampling).compile()
         prompt, started = jax.eval_shape(functools.partial(prefill, sampling=sampling), *args)
@@ -162,6 +164,7 @@ def dry_run(config, mfu: float) -> dict:
             "new_tokens": n,
             "micro_batches": config.rl.micro_batches,
             "prompt_group": group,
+            "rollout_prompts": r,
         },  # fmt: skip
         "per_chip_bytes": held | {"resident": resident},
         "programs": table,
@@ -186,7 +189,8 @@ def report(out: dict) -> str:
              f"mesh {c['mesh']}; {c['parameters'] / 1e9:.2f} B parameters; a step of "
              f"{c['rows']} rows × ({c['prompt']} + {c['new_tokens']}) tokens, "
              f"{c['micro_batches']} micro-batches"
-             + (", each prompt run once for its group" if c["prompt_group"] > 1 else ""),
+             + (", each prompt run once for its group" if c["prompt_group"] > 1 else "")
+             + f"; rollouts of {c['rollout_prompts']} prompts at a time",
              "per chip (GB, estimates from the CPU compiler):"]  # fmt: skip
     for name, value in out["per_chip_bytes"].items():
         lines.append(f"  {name:<26}{value / GB:9.2f}")

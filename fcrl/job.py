@@ -121,6 +121,7 @@ def sampling_of(config: ml_collections.ConfigDict) -> SamplingConfig:
         top_k=config.sampling.top_k,
         stop=("</answer>",) if config.data.fmt == "think_answer" else (),
         buckets=tuple(config.sampling.buckets),
+        max_prompts=config.sampling.get("max_prompts", 0),
     )
 
 

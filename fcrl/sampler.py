@@ -62,6 +62,9 @@ class SamplingConfig:
     # rows only, in a batch of the next power of two (one more decode program per size): a
     # few long rows no longer keep a wide batch decoding. The same tokens, row for row.
     compact: bool = False
+    # Prompts prefilled and decoded together; more run in consecutive parts of this many (part
+    # k's key folded in from the seed's): bounds the KV cache. 0 = all at once.
+    max_prompts: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +73,7 @@ class SamplingConfig:
             "temperature": (self.temperature >= 0, "must be >= 0"),
             "top_p": (0 < self.top_p <= 1, "must be in (0, 1]"),
             "top_k": (self.top_k >= 0, "must be >= 0"),
+            "max_prompts": (self.max_prompts >= 0, "must be >= 0"),
             "stop": (all(self.stop), "must not hold an empty string"),
             "buckets": (bool(self.buckets) and min(self.buckets) > 0, "must be positive"),
             "cache_dtype": (self.cache_dtype in (None, "float32", "bfloat16"), "is not a dtype"),
@@ -693,11 +697,17 @@ class Sampler:
         key = jax.random.key(seed) if isinstance(seed, int) else seed
         mesh = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
         tables = (self.eos, *self.tables)
+        fields = ("tokens_BN", "logprobs_BN", "entropies_BN", "lengths_B", "finish_B")
+        parts = []
         with mesh:
             if prefixes is None:
-                prompt, s = prefill(
-                    self.graphdef, state, prompt_BS, mask_BS, key, *tables, sampling=sampling
-                )
+                size = sampling.max_prompts or len(prompts)
+                for k, lo in enumerate(range(0, len(prompts), size)):
+                    part_key = key if size >= len(prompts) else jax.random.fold_in(key, k)
+                    prompt, s = prefill(self.graphdef, state, prompt_BS[lo : lo + size],
+                                        mask_BS[lo : lo + size], part_key, *tables,
+                                        sampling=sampling)  # fmt: skip
+                    parts.append(self.decode(state, prompt, s, tables))
             else:
                 prefix_PS, prefix_mask_PS = self.shared(prefixes, prompts)
                 prompt, s = prefill_shared(self.graphdef, state, prefix_PS, prefix_mask_PS,
@@ -706,8 +716,9 @@ class Sampler:
                 m = len(prompts) // len(prefixes)
                 prompt_BS = np.concatenate([np.repeat(prefix_PS, m, axis=0), prompt_BS], axis=1)
                 mask_BS = np.concatenate([np.repeat(prefix_mask_PS, m, axis=0), mask_BS], axis=1)
-            s = self.decode(state, prompt, s, tables)
-        tokens_BN, lengths_B, finish_B = s.tokens_BN, s.lengths_B, s.finish_B
+                parts.append(self.decode(state, prompt, s, tables))
+        out = {f: np.concatenate([getattr(part, f) for part in parts]) for f in fields}
+        tokens_BN, lengths_B, finish_B = out["tokens_BN"], out["lengths_B"], out["finish_B"]
         texts = []
         for row in range(len(tokens_BN)):
             if self.tokenizer is None:
@@ -722,8 +733,8 @@ class Sampler:
             prompt_BS=np.repeat(prompt_BS, g, axis=0),
             prompt_mask_BS=np.repeat(mask_BS, g, axis=0),
             tokens_BN=tokens_BN,
-            logprobs_BN=s.logprobs_BN,
-            entropies_BN=s.entropies_BN,
+            logprobs_BN=out["logprobs_BN"],
+            entropies_BN=out["entropies_BN"],
             lengths_B=lengths_B,
             finish_B=finish_B,
             texts=tuple(texts),

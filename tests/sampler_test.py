@@ -181,6 +181,27 @@ def test_compacting_finished_prompts_away_gives_the_same_rows(monkeypatch):
     np.testing.assert_allclose(cut.entropies_BN, plain.entropies_BN, atol=1e-5)
 
 
+def test_prompts_in_parts_are_each_parts_own_sample():
+    """max_prompts = 2 over 6 prompts: three parts, each what sampling its prompts alone gives
+    with the seed's key folded by the part's index (same bucket, same rows), joined in order."""
+    model, state = tiny.random_model("qwen2")
+    prompts = [[(5 * i + j) % 90 + 1 for j in range(2 + i)] for i in range(6)]
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=16, temperature=0.8, buckets=(8,))
+    key = jax.random.key(3)
+    parts = Sampler(model, dataclasses.replace(sampling, max_prompts=2), None, [5]).sample(
+        state, prompts, key
+    )
+    alone = Sampler(model, sampling, None, [5])
+    for k in range(3):
+        want = alone.sample(state, prompts[2 * k : 2 * k + 2], jax.random.fold_in(key, k))
+        rows = slice(4 * k, 4 * k + 4)
+        np.testing.assert_array_equal(parts.tokens_BN[rows], want.tokens_BN)
+        np.testing.assert_array_equal(parts.lengths_B[rows], want.lengths_B)
+        np.testing.assert_array_equal(parts.prompt_BS[rows], want.prompt_BS)
+        np.testing.assert_allclose(parts.logprobs_BN[rows], want.logprobs_BN, atol=1e-6)
+    assert len({tuple(row) for row in parts.tokens_BN}) == 12
+
+
 def test_seeds_reproduce_and_rows_of_a_group_differ():
     model, state = tiny.random_model("qwen2")
     sampler = Sampler(model, SamplingConfig(num_samples=4, max_new_tokens=12), None, [])
