@@ -17,21 +17,25 @@ import ml_collections
 from configs import egpo
 from configs.common import parse_arg
 
-# JAX devices (chips), HBM per chip (GB), dense bf16 peak per chip (TFLOP/s), and the prompts
-# rolled out together (the KV cache of 8 rows × 10k tokens each). The mesh is FSDP over every
-# chip (7B: 91 GB of f32 parameters and AdamW moments), and each chip trains one row at a time
-# (rows / chips micro-batches): a group's 8 rows on one chip (its prompt run once) would need
-# ~170 GB on a v5p at 10k tokens a row (experiments/dry_run.py).
+# JAX devices (chips), HBM per chip (GB) and dense bf16 peak per chip (TFLOP/s). The mesh is
+# FSDP over every chip (7B: 91 GB of f32 parameters and AdamW moments), and each chip trains one
+# row at a time (rows / chips micro-batches): a group's 8 rows on one chip (its prompt run once)
+# would need ~170 GB on a v5p at 10k tokens a row (experiments/dry_run.py).
 SLICES = {
-    "v5e-8": {"chips": 8, "hbm_gb": 16, "peak_tflops": 197, "rollout_prompts": 8},  # one host
-    "v5p-32": {"chips": 16, "hbm_gb": 95, "peak_tflops": 459, "rollout_prompts": 64},
-    "v4-32": {"chips": 16, "hbm_gb": 32, "peak_tflops": 275, "rollout_prompts": 16},
-    "8xh100": {"chips": 8, "hbm_gb": 80, "peak_tflops": 989, "rollout_prompts": 32},
+    "v5e-8": {"chips": 8, "hbm_gb": 16, "peak_tflops": 197},  # one host
+    "v5p-32": {"chips": 16, "hbm_gb": 95, "peak_tflops": 459},
+    "v4-32": {"chips": 16, "hbm_gb": 32, "peak_tflops": 275},
+    "8xh100": {"chips": 8, "hbm_gb": 80, "peak_tflops": 989},
 }
-MODELS = {  # name: (checkpoint folder, the HF config.json it has: the dry run's shapes)
+# name: (checkpoint folder, the HF config.json it has: the dry run's shapes, and the prompts
+# rolled out together on each slice, from the dry run's decode memory: the KV cache of 8 rows ×
+# 10k tokens is 4.7 GB a prompt for the 7B and 9.4 GB for the 3B, whose 8 kv heads double it).
+MODELS = {
     "qwen25_coder_7b": ("checkpoints/Qwen2.5-Coder-7B-Instruct",
-                        "configs/hf/qwen2.5-coder-7b-instruct.json"),
-    "llama32_3b": ("checkpoints/Llama-3.2-3B-Instruct", "configs/hf/llama-3.2-3b-instruct.json"),
+                        "configs/hf/qwen2.5-coder-7b-instruct.json",
+                        {"v5p-32": 64, "8xh100": 32, "v4-32": 16, "v5e-8": 8}),
+    "llama32_3b": ("checkpoints/Llama-3.2-3B-Instruct", "configs/hf/llama-3.2-3b-instruct.json",
+                   {"v5p-32": 32, "8xh100": 16, "v4-32": 8, "v5e-8": 4}),
 }  # fmt: skip
 
 
@@ -40,7 +44,7 @@ def get_config(model: str, bonus: str, arg: str | None) -> ml_collections.Config
     if arg.slice not in SLICES:
         raise ValueError(f"config arg: slice '{arg.slice}' is not one of {sorted(SLICES)}")
     config = egpo.get_config(f"bonus={bonus},group_size=8")  # G = 8 [D]
-    path, shape = MODELS[model]
+    path, shape, rollout_prompts = MODELS[model]
     config.workdir = f"runs/{'egpo' if bonus != 'none' else 'grpo'}_{model}_{arg.slice}"
     config.model.update(path=path, dtype="bfloat16", remat=True)  # bf16 over f32 parameters [D]
     config.model.shape = shape
@@ -51,7 +55,7 @@ def get_config(model: str, bonus: str, arg: str | None) -> ml_collections.Config
     config.steps = 570  # [P]: the learning curves' length (5 epochs [S] of the refined set)
     config.prompts_per_step = 64  # × G = 512 rollouts a step [D] (not reported)
     config.sampling.update(max_new_tokens=8192, buckets=(512, 1024, 2048),  # 8k responses [S]
-                           max_prompts=SLICES[arg.slice]["rollout_prompts"])  # fmt: skip
+                           max_prompts=rollout_prompts[arg.slice])  # fmt: skip
     config.rl.update(kl_coef=0.001, temperature=0.7, bonus_lambda=0.4, bonus_kappa=2.0)  # [S]
     config.rl.micro_batches = config.prompts_per_step * 8 // chips  # one row per chip
     config.optim.update(lr=1e-6, schedule="constant")  # [S]
