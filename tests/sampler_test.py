@@ -304,6 +304,7 @@ def test_bad_prompts_name_their_index_and_length():
         long_run.sample(state, [[1], [1], [1] * 60])
 
 
+@pytest.mark.slow
 def test_generate_command_prints_one_json_line_per_sample():
     out = subprocess.run(
         [

@@ -117,6 +117,7 @@ def sft_run(tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_the_sft_phase_comes_first_and_rl_starts_from_it(sft_run):
     summary = json.loads((sft_run / "summary.json").read_text())
     rows = jsonl(sft_run / "sft" / "metrics.jsonl")
