@@ -96,12 +96,12 @@ def causal_attention(
     """
     t = q_BTHE.shape[1]
     block = max(64, -(-t // 16))
+    one = jax.checkpoint(attention) if remat else attention
     outs = []
     for i in range(0, t, block):
         j = min(i + block, t)
         causal_TX = jnp.arange(offset + i, offset + j)[:, None] >= jnp.arange(offset + j)[None]
         mask_BTX = causal_TX[None] & mask_BX[:, None, : offset + j]
-        one = jax.checkpoint(attention) if remat else attention
         outs.append(one(q_BTHE[:, i:j], k_BXKE[:, : offset + j], v_BXKE[:, : offset + j], mask_BTX))
     return jnp.concatenate(outs, axis=1)
 

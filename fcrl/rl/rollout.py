@@ -63,8 +63,8 @@ def sequence_logprobs(
     *, temperature: float, chunk: int, start: int = 1, group: int = 1, micro_batches: int = 1,
 ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
     """The training graph's log-probs and entropies of a batch (old or reference policy) from
-    column `start` on, each prompt run once for its `group` rows, `micro_batches` parts one
-    after another (split as the train step splits them)."""
+    column `start` on, each prompt run once for its `group` rows, in `micro_batches` parts one
+    after another (split like the train step's micro-batches: each device keeps its rows)."""
     model = nnx.merge(graphdef, params)
 
     def part(xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -81,7 +81,7 @@ def policy_logprobs(
     "recompute", logging their gap to the sampler's; `logprobs`) and the reference's log-probs
     (when β > 0; `ref_logprobs`, which computes no entropies)."""
     gaps, rows = {}, batch.rewards_B.shape[0]
-    m = config.updates.mini_batches * config.rl.micro_batches  # the train step's row count
+    m = config.updates.mini_batches * config.rl.micro_batches  # parts of a micro-batch's rows
     group = prompt_group(batch, rows // m, config.rl.group_size)
     columns = {"start": batch.start, "group": group, "micro_batches": m}
     if config.old_logprobs == "recompute":
