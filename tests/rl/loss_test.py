@@ -216,36 +216,32 @@ def test_sampler_logprobs_equal_trainer_logprobs():
     assert np.abs(np.asarray(entropy)[:, -n:] - rollouts.entropies_BN)[completion].max() <= 1e-4
 
 
+def gradient_temp_bytes(rows: int, length: int, chunk: int, **shape) -> int:
+    """Temporary bytes of the compiled gradient of Σ(log-probs + entropies) over [rows, length]
+    tokens, on the tiny Qwen2 config narrowed to `shape`. Nothing runs."""
+    cfg = dataclasses.replace(ModelConfig.from_hf(tiny.hf_config("qwen2").to_dict()),
+                              max_position_embeddings=4096, **shape)  # fmt: skip
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
+    mask = jax.ShapeDtypeStruct((rows, length), jnp.bool_)
+
+    def loss(state, tokens, mask):
+        logp, entropy = loss_lib.token_logprobs(
+            nnx.merge(graphdef, state), tokens, mask, 0.7, chunk
+        )
+        return logp.sum() + entropy.sum()
+
+    compiled = jax.jit(jax.grad(loss)).lower(state, tokens, mask).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
 def test_chunked_recompute_needs_a_quarter_of_the_memory():
     """B=8, T=2048, Qwen's V=151,936 on a narrow model: the compiled gradient of the recompute,
     chunked, holds ≤ ¼ of the temporary memory of the unchunked one (fp32 [B, T, V] logits
     alone are 10 GB). Read from the compiled programs; nothing runs."""
-    cfg = dataclasses.replace(
-        ModelConfig.from_hf(tiny.hf_config("qwen2").to_dict()),
-        vocab_size=151_936,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        max_position_embeddings=4096,
-    )
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
-    tokens = jax.ShapeDtypeStruct((8, 2048), jnp.int32)
-    mask = jax.ShapeDtypeStruct((8, 2048), jnp.bool_)
-
-    def temp_bytes(chunk: int) -> int:
-        def loss(state, tokens, mask):
-            logp, entropy = loss_lib.token_logprobs(
-                nnx.merge(graphdef, state), tokens, mask, 0.7, chunk
-            )
-            return logp.sum() + entropy.sum()
-
-        compiled = jax.jit(jax.grad(loss)).lower(state, tokens, mask).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    chunked, unchunked = temp_bytes(256), temp_bytes(2048)
+    shape = {"vocab_size": 151_936, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
+             "num_heads": 2, "num_kv_heads": 1, "head_dim": 16}  # fmt: skip
+    chunked, unchunked = (gradient_temp_bytes(8, 2048, chunk, **shape) for chunk in (256, 2048))
     assert unchunked > 8 * 2048 * 151_936 * 4  # the full logits are there
     assert chunked <= unchunked / 4, (chunked, unchunked)  # here: 4.96 vs 37.4 GiB
 
@@ -255,30 +251,8 @@ def test_remat_keeps_one_attention_block_not_every_layers_scores():
     attention probabilities (4 × 2 rows × 4 heads × ~T²/2 × 4 bytes ≈ 270 MB); with remat it
     recomputes a layer, and within it one query block, at a time: ≤ ¼ of the temporaries.
     Read from the compiled programs; nothing runs."""
-    base = dataclasses.replace(
-        ModelConfig.from_hf(tiny.hf_config("qwen2").to_dict()),
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-    )
-    tokens = jax.ShapeDtypeStruct((2, 2048), jnp.int32)
-    mask = jax.ShapeDtypeStruct((2, 2048), jnp.bool_)
-
-    def temp_bytes(remat: bool) -> int:
-        cfg = dataclasses.replace(base, remat=remat)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
-
-        def loss(state, tokens, mask):
-            logp, _ = loss_lib.token_logprobs(nnx.merge(graphdef, state), tokens, mask, 0.7, 256)
-            return logp.sum()
-
-        compiled = jax.jit(jax.grad(loss)).lower(state, tokens, mask).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    kept, recomputed = temp_bytes(False), temp_bytes(True)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 4, "num_heads": 4,
+             "num_kv_heads": 2, "head_dim": 16}  # fmt: skip
+    kept, recomputed = (gradient_temp_bytes(2, 2048, 256, remat=r, **shape) for r in (False, True))
     assert kept > 4 * 2 * 4 * 2048 * 2048 // 2 * 4  # every layer's probabilities are there
     assert recomputed <= kept / 4, (recomputed, kept)
