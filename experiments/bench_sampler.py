@@ -63,7 +63,7 @@ def time_fcrl(model, prompts: list[list[int]], repeats: int) -> dict[str, float]
     sampler = Sampler(model, sampling, None, eos=[])  # no eos: every row runs to NEW tokens
     state = nnx.state(model)
     prompt_BS, mask_BS = sampler.pad(prompts)
-    tables = (sampler.eos, sampler.stop_SV, sampler.accept_S)
+    tables = (sampler.eos, *sampler.tables)
     runs = []
     for seed in range(repeats + 1):
         start = time.perf_counter()

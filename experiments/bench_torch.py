@@ -8,7 +8,7 @@ imports nothing of fcrl's. Reads one JSON job on stdin and prints one JSON line.
   {"part": "trl", "model": DIR, "messages": [...], "g": 8, "new": 128, "temperature": 0.7,
    "lr": 1e-6, "rewards": [...], "steps": 2, "bf16": false}
     → TRL's GRPOTrainer on one prompt × G per step: the median step after a first one, and of it
-      the generation (and scoring) and the update.
+      the generation (and scoring) and the update; "steps": 0 runs and reports one step.
 """
 
 import json
@@ -97,8 +97,9 @@ def trl(job: dict) -> dict:
 
         trainer._generate_and_score_completions = timed
         trainer.train()
-    step = statistics.median(times["step"][1:])
-    gen = statistics.median(times["generate"][1:])
+    timed = slice(1 if job["steps"] else 0, None)  # with 0 timed steps: the one step run
+    step = statistics.median(times["step"][timed])
+    gen = statistics.median(times["generate"][timed])
     return {"step_s": step, "generate_s": gen, "update_s": step - gen,
             "first_step_s": times["step"][0], "steps": len(times["step"])}  # fmt: skip
 
