@@ -273,8 +273,8 @@ class Decoder(nnx.Module):
         matmul outputs and recomputes the rest (norms, activations, attention), or with
         `cfg.remat` recomputes everything from the layer's input. Keeping every activation
         instead held 2.5 GB more for SmolLM2's RL step and ran slower on CPU (README, "Speed")."""
-        policy = None if self.cfg.remat else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        return jax.checkpoint(body, prevent_cse=False, policy=policy)
+        keep_dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        return jax.checkpoint(body, prevent_cse=False, policy=None if self.cfg.remat else keep_dots)
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
         """Final norm and output projection (the tied embedding or lm_head), in float32."""
