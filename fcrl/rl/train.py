@@ -247,12 +247,7 @@ def train_step(
 
     xs = (jax.tree.map(micro, batch), micro(adv_BT), micro(weight_BT))
 
-    def gradient(params: nnx.State):
-        if m == 1:  # no accumulators: a model-sized zero buffer and its adds saved
-            (loss, (sums, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch, adv_BT, weight_BT
-            )
-            return grads, loss, sums, stats
+    def update(params: nnx.State, opt_state: optax.OptState):
         # Zero accumulators shaped like one micro-batch's outputs.
         loss_shape, (sums_shape, stats_shape) = jax.eval_shape(
             lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], xs))
@@ -260,10 +255,9 @@ def train_step(
         zeros = jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype), (params, loss_shape, sums_shape)
         )
-        return jax.lax.scan(accumulate, (*zeros, _empty_stats(stats_shape)), xs)[0]
-
-    def update(params: nnx.State, opt_state: optax.OptState):
-        grads, loss, sums, stats = gradient(params)
+        (grads, loss, sums, stats), _ = jax.lax.scan(
+            accumulate, (*zeros, _empty_stats(stats_shape)), xs
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         out = {f"loss/{k}": v / count for k, v in sums.items()}
         out |= {"loss/total": loss, "grad/norm": optax.tree.norm(grads)}
