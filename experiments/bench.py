@@ -23,6 +23,7 @@ Prints a table of ratios and, as its last line, one JSON object.
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import resource
@@ -265,11 +266,16 @@ def torch_python() -> pathlib.Path:
     return python
 
 
-def child(command: list[str], job: dict | None = None) -> dict:
-    """Runs one part in its own process; its last stdout line is its JSON result."""
+def child(command: list[str], job: dict | None = None, limit: float | None = None) -> dict | None:
+    """Runs one part in its own process; its last stdout line is its JSON result (None when it
+    ran past `limit` seconds and was killed)."""
     start = time.perf_counter()
-    done = subprocess.run(command, input=json.dumps(job) if job else None, text=True,
-                          capture_output=True, cwd=ROOT)  # fmt: skip
+    try:
+        done = subprocess.run(command, input=json.dumps(job) if job else None, text=True,
+                              capture_output=True, cwd=ROOT, timeout=limit)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        print(f"  {' '.join(command[2:])[:70]} stopped at {limit:.0f} s", file=sys.stderr)
+        return None
     if done.returncode:
         sys.exit(
             f"bench: {' '.join(command[1:])} failed ({done.returncode}):\n{done.stderr[-3000:]}"
@@ -295,6 +301,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed rollouts per setting")
     parser.add_argument("--steps", type=int, default=2, help="timed fcrl RL steps (after one)")
     parser.add_argument("--trl-steps", type=int, default=1, help="timed TRL steps (after one)")
+    parser.add_argument(
+        "--trl-bf16-limit",
+        type=float,
+        default=240.0,
+        help="seconds before TRL's bf16 step is stopped (a lower bound then)",
+    )
     parser.add_argument("--part", choices=("rl", "sampler"), help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -319,10 +331,12 @@ def main() -> None:
     me = [sys.executable, str(pathlib.Path(__file__).resolve())]
     print("bench: parts, each in its own process", file=sys.stderr)
     ceil = ceilings()
+    print(f"  {json.dumps(ceil)}", file=sys.stderr)
     dtypes = ("float32", "bfloat16")
     rl = {d: child(me + ["--part", "rl", "--dtype", d, "--steps", str(args.steps)]) for d in dtypes}
-    samp = {d: child(me + ["--part", "sampler", "--dtype", d, "--repeats", str(args.repeats)])
-            for d in dtypes}  # fmt: skip
+    # bf16 rollouts are the bf16 RL step's (1 × G): they run slower than f32 on CPUs without
+    # bf16 matmul units, and a 4 × G run of them would not fit the 15 minutes.
+    samp = {"float32": child(me + ["--part", "sampler", "--repeats", str(args.repeats)])}
     common = {"model": folder, "g": G, "new": NEW, "temperature": TEMPERATURE}
     # One timed generate (a minute here): its decode steps vary far less than that.
     prompts = [chat_prompt(tokenizer, t) for t in TOPICS]
@@ -330,20 +344,22 @@ def main() -> None:
                                      **common})}  # fmt: skip
     messages = [{"role": "system", "content": chat.system_prompt(TOOLS, docs="compact")},
                 {"role": "user", "content": QUERY}]  # fmt: skip
-    # TRL in bf16 takes minutes a step on a CPU without bf16 matmul units: one step, whose
-    # time (warm-up included, as TRL compiles nothing) is reported as is.
-    trl = {
-        d: child(torch_py, {"part": "trl", "messages": messages, "lr": LR, "rewards": REWARDS,
-                            "steps": args.trl_steps if d == "float32" else 0,
-                            "bf16": d == "bfloat16", **common})
-        for d in dtypes
-    }  # fmt: skip
+    job = {"part": "trl", "messages": messages, "lr": LR, "rewards": REWARDS, **common}
+    trl = {"float32": child(torch_py, job | {"steps": args.trl_steps, "bf16": False})}
+    # TRL in bf16 takes many minutes a step on a CPU without bf16 matmul units: one step (its
+    # warm-up included: TRL compiles nothing), stopped at --trl-bf16-limit seconds, when the
+    # limit, model loading included, is a lower bound of its step and the ratio an upper bound.
+    bf16 = child(torch_py, job | {"steps": 0, "bf16": True}, args.trl_bf16_limit)
+    trl["bfloat16"] = bf16 or {"step_s": args.trl_bf16_limit, "lower_bound": True,
+                               "generate_s": math.nan, "update_s": math.nan,
+                               "peak_rss_gb": math.nan}  # fmt: skip
     report(ceil, rl, samp, hf, trl, time.perf_counter() - started)
 
 
 def report(ceil: dict, rl: dict, samp: dict, hf: dict, trl: dict, elapsed: float) -> None:
     peak = {"float32": ceil["peak_f32"], "bfloat16": ceil["peak_bf16"]}
-    floor_ms = {d: 1e3 * samp[d]["weight_bytes"] / ceil["bandwidth_b_s"] for d in samp}
+    # The RL steps keep f32 parameters (bf16 compute casts them): the f32 bytes in both.
+    floor_ms = 1e3 * samp["float32"]["weight_bytes"] / ceil["bandwidth_b_s"]
     print(f"SmolLM2-135M, G = {G}, {NEW} new tokens, T = {TEMPERATURE}; memory "
           f"{ceil['bandwidth_b_s'] / 1e9:.1f} GB/s, matmul peak f32 {peak['float32'] / 1e9:.0f} "
           f"GFLOP/s, bf16 (f32 accumulation) {peak['bfloat16'] / 1e9:.0f} GFLOP/s")  # fmt: skip
@@ -358,7 +374,7 @@ def report(ceil: dict, rl: dict, samp: dict, hf: dict, trl: dict, elapsed: float
             r = s[setting]
             tok = G * NEW * int(setting[0])
             rows.append((setting, f"fcrl {d}", f"{r['prefill_s']:.2f}", f"{r['decode_s']:.2f}",
-                         f"{r['step_ms']:.0f}", f"{floor_ms[d]:.0f}",
+                         f"{r['step_ms']:.0f}", f"{floor_ms:.0f}",
                          f"{tok / (r['prefill_s'] + r['decode_s']):.0f}",
                          f"{tok / r['decode_s']:.0f}",
                          f"{t['decode_s'] / r['decode_s']:.2f}"))  # fmt: skip
@@ -367,9 +383,10 @@ def report(ceil: dict, rl: dict, samp: dict, hf: dict, trl: dict, elapsed: float
              "update", "TRL gen", "TRL update", "GFLOP/s", "of peak", "fcrl RSS GB",
              "TRL RSS GB")]  # fmt: skip
     for d, r in rl.items():
-        floor = r["train_flops"] / peak[d] + NEW * floor_ms[d] / 1e3
-        rows.append((d, f"{r['step_s']:.1f}", f"{trl[d]['step_s']:.1f}",
-                     f"{r['step_s'] / trl[d]['step_s']:.2f}", f"{floor:.1f}",
+        floor = r["train_flops"] / peak[d] + NEW * floor_ms / 1e3
+        bound = trl[d].get("lower_bound", False)  # TRL stopped: ≥ its time, ≤ the ratio
+        rows.append((d, f"{r['step_s']:.1f}", f"{'> ' * bound}{trl[d]['step_s']:.1f}",
+                     f"{'< ' * bound}{r['step_s'] / trl[d]['step_s']:.2f}", f"{floor:.1f}",
                      f"{r['rollout_s']:.1f}", f"{r['reward_s']:.3f}", f"{r['batch_s']:.3f}",
                      f"{r['update_s']:.1f}", f"{trl[d]['generate_s']:.1f}",
                      f"{trl[d]['update_s']:.1f}", f"{r['train_flop_s'] / 1e9:.0f}",
@@ -387,6 +404,7 @@ def report(ceil: dict, rl: dict, samp: dict, hf: dict, trl: dict, elapsed: float
         "rl_step_ratio": f32["step_s"] / trl["float32"]["step_s"],
         "rl_step_s_bf16": bf16["step_s"], "trl_step_s_bf16": trl["bfloat16"]["step_s"],
         "rl_step_ratio_bf16": bf16["step_s"] / trl["bfloat16"]["step_s"],
+        "trl_bf16_stopped": trl["bfloat16"].get("lower_bound", False),
         "decode_tok_s": G * NEW * 4 / samp["float32"][wide]["decode_s"],
         "hf_decode_tok_s": G * NEW * 4 / hf[wide]["decode_s"],
         "decode_ratio": hf[wide]["decode_s"] / samp["float32"][wide]["decode_s"],
