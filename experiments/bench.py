@@ -8,7 +8,7 @@ train step's tokens/s and FLOP rate against the matmul peak measured here, in f3
 (c) one full RL step (rollout + reward + update) against TRL's GRPOTrainer with the same model,
 G, batch and lengths, in f32 and bf16; (d) fcrl's step-time breakdown and peak host memory.
 
-The work, alike on both sides (BASELINES.md): one chat prompt of about 205 tokens with two tools,
+The work, alike on both sides (BASELINES.md): one chat prompt of 211 tokens with four tools,
 G = 8 rollouts of exactly 128 new tokens (no eos; TRL `min_new_tokens=128`), temperature 0.7, no
 top-k / top-p, β = 0 (no reference model), token-mean PPO-clip loss (TRL `loss_type="dapo"`,
 ε = 0.2), AdamW at lr 1e-6, one optimizer step per rollout batch (old log-probs = the rollout's:

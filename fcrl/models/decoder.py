@@ -272,7 +272,7 @@ class Decoder(nnx.Module):
         """The scanned layer body under `jax.checkpoint`: its backward keeps the layer's weight
         matmul outputs and recomputes the rest (norms, activations, attention), or with
         `cfg.remat` recomputes everything from the layer's input. Keeping every activation
-        instead held 2.5 GB more for SmolLM2's RL step and ran slower on CPU (README, "Speed")."""
+        instead held 2.5 GB more in SmolLM2's RL step, and was no faster (README, "Speed")."""
         keep_dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
         return jax.checkpoint(body, prevent_cse=False, policy=None if self.cfg.remat else keep_dots)
 
