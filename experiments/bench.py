@@ -338,7 +338,7 @@ def main() -> None:
     # bf16 matmul units, and a 4 × G run of them would not fit the 15 minutes.
     samp = {"float32": child(me + ["--part", "sampler", "--repeats", str(args.repeats)])}
     common = {"model": folder, "g": G, "new": NEW, "temperature": TEMPERATURE}
-    # One timed generate (a minute here): its decode steps vary far less than that.
+    # One timed `generate` after its warm-up: about a minute here.
     prompts = [chat_prompt(tokenizer, t) for t in TOPICS]
     hf = {f"4x{G}": child(torch_py, {"part": "generate", "prompts": prompts, "repeats": 1,
                                      **common})}  # fmt: skip
