@@ -82,38 +82,14 @@ def time_fcrl(model, prompts: list[list[int]], repeats: int) -> dict[str, float]
     return {"prefill_s": prefill_s, "decode_s": decode_s, "step_ms": 1e3 * decode_s / (NEW - 1)}
 
 
-def time_torch(folder, tokenizer, prompts: list[list[int]], repeats: int) -> dict[str, float]:
-    """Median seconds of `generate` (KV cache) and of its prefill alone (1 new token)."""
-    import torch
+def time_torch(folder, prompts: list[list[int]], repeats: int) -> dict[str, float]:
+    """Median seconds of `generate` (KV cache) and of its prefill alone: bench_torch's part."""
+    from bench_torch import generate
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-
-    def run(new: int) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=TEMPERATURE,
-                top_k=0,
-                top_p=1.0,
-                num_return_sequences=G,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=tokenizer.pad_token_id or 0,
-            )
-        assert out.shape == (len(prompts) * G, width + new)
-        return time.perf_counter() - start
-
-    run(2)  # warm up
-    total = statistics.median(run(NEW) for _ in range(repeats))
-    prefill_s = statistics.median(run(1) for _ in range(repeats))
-    decode_s = total - prefill_s
-    return {"prefill_s": prefill_s, "decode_s": decode_s, "step_ms": 1e3 * decode_s / (NEW - 1)}
+    r = generate({"model": str(folder), "prompts": prompts, "g": G, "new": NEW,
+                  "temperature": TEMPERATURE, "repeats": repeats})  # fmt: skip
+    return {"prefill_s": r["prefill_s"], "decode_s": r["decode_s"],
+            "step_ms": 1e3 * r["decode_s"] / (NEW - 1)}  # fmt: skip
 
 
 def rates(r: dict[str, float], tokens: int) -> dict[str, float]:
@@ -140,7 +116,7 @@ def main() -> None:
     for n_prompts in (1, 4):
         prompts = [chat_prompt(tokenizer, t) for t in TOPICS[:n_prompts]]
         tokens = n_prompts * G * NEW
-        hf = rates(time_torch(folder, tokenizer, prompts, args.repeats), tokens)
+        hf = rates(time_torch(folder, prompts, args.repeats), tokens)
         row = {"prompt_tokens": [len(p) for p in prompts], "hf": hf}
         for dtype, model in models.items():
             ours = rates(time_fcrl(model, prompts, args.repeats), tokens)
