@@ -156,6 +156,7 @@ def rl_part(dtype: str, steps: int) -> dict:
 
     config = rl_config(dtype)
     sampling = job.check_config(config)
+    job.trim_after_compiles()  # as fcrl.train does
     folder = default_model_dir()
     mesh = job.mesh_of(config, G)
     model = job.trainable_model(folder, config, mesh)

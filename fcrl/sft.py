@@ -114,6 +114,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathl
     """The SFT phase of `config` in WORKDIR/sft (resuming its newest checkpoint); returns the
     HF folder of the trained model (at once, if the phase had finished)."""
     sampling = job.check_config(config)
+    job.trim_after_compiles()
     workdir = pathlib.Path(workdir)
     phase, sft = workdir / "sft", config.sft
     out = phase / "model"

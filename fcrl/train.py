@@ -82,6 +82,7 @@ class Pending:
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the summary."""
     sampling = job.check_config(config)
+    job.trim_after_compiles()
     if config.eval.bfcl_limit:
         harness.trainer_config(config, "")  # a bad BFCL check fails before training
     workdir = pathlib.Path(workdir)

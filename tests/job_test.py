@@ -106,3 +106,28 @@ def test_bad_sft_and_docs_fields_are_named(field, value, message):
     (config[section[0]] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         job.check_config(config)
+
+
+def test_memory_is_trimmed_after_each_compile_only(monkeypatch):
+    """The listener calls malloc_trim once a compile is done (counted through a stand-in libc),
+    and not when a compiled program is merely called again."""
+    import jax
+    import jax.numpy as jnp
+
+    calls = []
+
+    class Libc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    x = jnp.ones(3)
+    monkeypatch.setattr(job.ctypes, "CDLL", lambda _: Libc())
+    listener = job.trim_after_compiles.__wrapped__()
+    try:
+        double = jax.jit(lambda x: 2 * x + 7)  # a new program: compiled here
+        double(x).block_until_ready()
+        assert calls == [0]
+        double(x).block_until_ready()
+        assert calls == [0]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

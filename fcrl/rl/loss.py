@@ -106,8 +106,9 @@ def token_logprobs(
     G rollouts), and each prompt runs through the model once (`Decoder.hidden_shared`).
 
     π is softmax(logits / temperature), the distribution the rollouts were drawn from. The
-    output projection runs over `chunk` positions at a time under jax.checkpoint, so neither pass
-    holds more than [B, chunk, V] logits; the backward pass recomputes each chunk's.
+    output projection runs over at most `chunk` positions at a time (the chunks evened out, so
+    none is mostly padding) under jax.checkpoint, so neither pass holds more than [B, chunk, V]
+    logits; the backward pass recomputes each chunk's.
     """
     if not 1 <= start < tokens_BT.shape[1]:
         raise ValueError(f"start: {start} is not in [1, {tokens_BT.shape[1]})")
@@ -120,8 +121,8 @@ def token_logprobs(
         x_BTD = model.hidden(tokens_BT, mask_BT)[0][:, start - 1 : -1]
     targets_BT = tokens_BT[:, start:]
     b, t, d = x_BTD.shape
-    chunk = min(chunk, t)
-    n = -(-t // chunk)  # J: n chunks of C = `chunk` positions
+    n = -(-t // chunk)  # J: n chunks of C ≤ `chunk` positions, as even as they come
+    chunk = -(-t // n)
     pad = n * chunk - t
     x_JBCD = jnp.pad(x_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
     targets_JBC = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
