@@ -1,6 +1,9 @@
 """fcrl.job: case kinds read off the answer, the held-out scores per kind, McNemar's exact test
-against values computed by hand, the before / SFT / RL table, and the SFT config checks."""
+against values computed by hand, the before / SFT / RL table, the SFT config checks, and the
+heap trimmed after each compile."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import demo
@@ -111,9 +114,6 @@ def test_bad_sft_and_docs_fields_are_named(field, value, message):
 def test_memory_is_trimmed_after_each_compile_only(monkeypatch):
     """The listener calls malloc_trim once a compile is done (counted through a stand-in libc),
     and not when a compiled program is merely called again."""
-    import jax
-    import jax.numpy as jnp
-
     calls = []
 
     class Libc:
