@@ -97,9 +97,9 @@ def trl(job: dict) -> dict:
 
         trainer._generate_and_score_completions = timed
         trainer.train()
-    timed = slice(1 if job["steps"] else 0, None)  # with 0 timed steps: the one step run
-    step = statistics.median(times["step"][timed])
-    gen = statistics.median(times["generate"][timed])
+    kept = slice(1 if job["steps"] else 0, None)  # with 0 timed steps: the one step run
+    step = statistics.median(times["step"][kept])
+    gen = statistics.median(times["generate"][kept])
     return {"step_s": step, "generate_s": gen, "update_s": step - gen,
             "first_step_s": times["step"][0], "steps": len(times["step"])}  # fmt: skip
 
