@@ -8,11 +8,12 @@ bucket that fits) and keeps every layer's keys and values: the prompt cache [L, 
 read by all G rows of a prompt's group and never copied G times. `decode` is one
 `lax.while_loop` over the B·G rows (prompt-major: row = prompt · G + sample): step t feeds every
 row's token t, writes its key and value at slot t of the generated cache [L, B·G, K, N, E]
-(donated, so updated in place) and samples token t + 1. It exits once every row has finished:
-an eos id, a stop string, or N = max_new_tokens tokens. With `compact`, it exits early once at
-most a quarter of the prompts still run, and goes on over those prompts only (`keep_prompts`).
-Parameters are arguments of the jitted functions, so new values of the same shapes reuse the
-compiled programs.
+(donated, so updated in place) and samples token t + 1; its products use weights stored
+[out, in] (`out_major`, made once a call: faster for a few rows on CPU). It exits once every
+row has finished: an eos id, a stop string, or N = max_new_tokens tokens. With `compact`, it
+exits early once at most a quarter of the prompts still run, and goes on over those prompts
+only (`keep_prompts`). Parameters are arguments of the jitted functions, so new values of the
+same shapes reuse the compiled programs.
 """
 
 import collections
@@ -21,7 +22,7 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fcrl.models import Decoder
-from fcrl.models.decoder import rope_frequencies
+from fcrl.models.decoder import Layer, rms_norm, rope_frequencies, wide
 from fcrl.sharding import constrain, to_host
 
 # Finish codes of `Rollouts.finish_B`; "format": the text can no longer open with
@@ -537,6 +538,67 @@ def cached_attention(
     return out_BGKRE.reshape(rows, 1, h, e).astype(q_BTHE.dtype)
 
 
+# ---------------------------------------------------------------- the decode step's products
+
+
+def out_major(model: Decoder) -> tuple[dict[str, jax.Array], jax.Array]:
+    """The decode step's weights in the compute dtype, each stored [out, in]: the layers'
+    (q, k, v, o, gate, up, down; [L, out, in]) and the output head [V, D].
+
+    XLA:CPU multiplies the few rows of a decode step (B·G) faster as w[out, in] · x[in, rows]
+    than as x[rows, in] · w[in, out] (README, "Speed"). Made once a `decode` call (+ one copy of
+    the layers' weights); the barrier keeps XLA from folding the transposes back into the
+    products."""
+    layers, cfg = model.layers, model.cfg
+
+    def stored(w: jax.Array, inputs: int) -> jax.Array:  # [L, in..., out...] → [L, out, in]
+        w = jnp.moveaxis(w, tuple(range(1, 1 + inputs)), tuple(range(-inputs, 0)))
+        return w.reshape(w.shape[0], -1, math.prod(w.shape[w.ndim - inputs :]))
+
+    w_L = {
+        "q": stored(layers.q_DHE[...], 1),
+        "k": stored(layers.k_DKE[...], 1),
+        "v": stored(layers.v_DKE[...], 1),
+        "o": stored(layers.o_HED[...], 2),
+        "gate": stored(layers.gate_DF[...], 1),
+        "up": stored(layers.up_DF[...], 1),
+        "down": stored(layers.down_FD[...], 1),
+    }
+    head_VD = model.embed_VD[...] if cfg.tie_embeddings else model.lm_head_DV[...].T
+    weights = jax.tree.map(lambda w: w.astype(cfg.dtype), (w_L, head_VD))
+    return jax.lax.optimization_barrier(weights)
+
+
+def times(w_OI: jax.Array, x_BI: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
+    """x · wᵀ for w stored [out, in], as (w · xᵀ)ᵀ accumulating in float32; returned in `dtype`
+    (by default x's). The barriers keep XLA from turning it back into x · wᵀ."""
+    x_IB = jax.lax.optimization_barrier(x_BI.T)
+    y_OB = jnp.einsum("OI,IB->OB", w_OI, x_IB, preferred_element_type=wide(x_BI.dtype))
+    return jax.lax.optimization_barrier(y_OB).T.astype(dtype or x_BI.dtype)
+
+
+def decode_layer(
+    layer: Layer, w: dict[str, jax.Array], x_BD: jax.Array, positions_BT: jax.Array,
+    inv_freq: jax.Array, attend: Callable[..., jax.Array],
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:  # fmt: skip
+    """One layer of a decode step (B rows, one token each) with its out-major weights `w`:
+    Layer.project_qkv, `attend`, then Layer.finish. Returns the new residual, the token's key
+    and value."""
+    cfg, b = layer.cfg, x_BD.shape[0]
+    h_BD = rms_norm(x_BD, layer.attn_norm_D[...], cfg.rms_eps)
+    q_BTHE, k_BTKE, v_BTKE = layer.position_qkv(
+        *(times(w[n], h_BD).reshape(b, 1, -1, cfg.head_dim) for n in "qkv"), positions_BT,
+        inv_freq,
+    )  # fmt: skip
+    out_BD = times(w["o"], attend(q_BTHE, k_BTKE, v_BTKE).reshape(b, -1))
+    if cfg.o_bias:
+        out_BD += layer.o_bias_D[...].astype(out_BD.dtype)
+    x_BD = x_BD + out_BD
+    h_BD = rms_norm(x_BD, layer.mlp_norm_D[...], cfg.rms_eps)
+    up_BF = jax.nn.silu(times(w["gate"], h_BD)) * times(w["up"], h_BD)
+    return x_BD + times(w["down"], up_BF), (k_BTKE, v_BTKE)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "until"),
                    donate_argnames=("s",))  # fmt: skip
 def decode(
@@ -557,6 +619,7 @@ def decode(
     model = nnx.merge(graphdef, state)
     inv_freq = rope_frequencies(model.cfg)
     layer_def, layers = nnx.split(model.layers)
+    w_L, head_VD = out_major(model)
     lengths_B = jnp.repeat(prompt.lengths_B, sampling.num_samples)
 
     def cond(s: DecodeState) -> jax.Array:
@@ -567,25 +630,25 @@ def decode(
         t = s.step - 1  # feeds the last sampled token, t, and samples token t + 1
         positions_BT = (lengths_B + t)[:, None]
 
-        def layer_step(x_BTD: jax.Array, xs: tuple) -> tuple[jax.Array, tuple]:
-            layer_state, prompt_k, prompt_v, k_BKNE, v_BKNE = xs
+        def layer_step(x_BD: jax.Array, xs: tuple) -> tuple[jax.Array, tuple]:
+            w, layer_state, prompt_k, prompt_v, k_BKNE, v_BKNE = xs
+            attend = functools.partial(cached_attention, prompt_k_BKSE=prompt_k,
+                                       prompt_v_BKSE=prompt_v, prompt_mask_BS=prompt.mask_BS,
+                                       k_BKNE=k_BKNE, v_BKNE=v_BKNE, step=t)  # fmt: skip
             layer = nnx.merge(layer_def, layer_state)
-            q_BTHE, k_BTKE, v_BTKE = layer.project_qkv(x_BTD, positions_BT, inv_freq)
-            attn_BTHE = cached_attention(
-                q_BTHE, k_BTKE, v_BTKE, prompt_k, prompt_v, prompt.mask_BS, k_BKNE, v_BKNE, t
-            )
-            return layer.finish(x_BTD, attn_BTHE), (k_BTKE, v_BTKE)
+            return decode_layer(layer, w, x_BD, positions_BT, inv_freq, attend)
 
-        x_BTD = model.embed(jax.lax.dynamic_slice_in_dim(s.tokens_BN, t, 1, axis=1))
-        xs = (layers, prompt.k_LBKSE, prompt.v_LBKSE, s.k_LBKNE, s.v_LBKNE)
-        x_BTD, (k_LBTKE, v_LBTKE) = jax.lax.scan(layer_step, x_BTD, xs)
+        x_BD = model.embed(jax.lax.dynamic_slice_in_dim(s.tokens_BN, t, 1, axis=1))[:, 0]
+        xs = (w_L, layers, prompt.k_LBKSE, prompt.v_LBKSE, s.k_LBKNE, s.v_LBKNE)
+        x_BD, (k_LBTKE, v_LBTKE) = jax.lax.scan(layer_step, x_BD, xs)
         at = (0, 0, 0, t, 0)
         s = s.replace(
             k_LBKNE=jax.lax.dynamic_update_slice(s.k_LBKNE, new_kv(k_LBTKE, s.k_LBKNE.dtype), at),
             v_LBKNE=jax.lax.dynamic_update_slice(s.v_LBKNE, new_kv(v_LBTKE, s.v_LBKNE.dtype), at),
         )
-        tables = (eos, stop_SV, accept_S, prefix_SV, failed_S)
-        return advance(s, model.logits(x_BTD)[:, 0], *tables, sampling)
+        x_BD = rms_norm(x_BD, model.final_norm_D[...], model.cfg.rms_eps)
+        logits_BV = times(head_VD, x_BD, wide(x_BD.dtype))
+        return advance(s, logits_BV, eos, stop_SV, accept_S, prefix_SV, failed_S, sampling)
 
     def new_kv(x_LBTKE: jax.Array, dtype: jnp.dtype) -> jax.Array:
         return x_LBTKE.transpose(0, 1, 3, 2, 4).astype(dtype)  # [L, B, K, 1, E]

@@ -151,6 +151,14 @@ class Layer(nnx.Module):
         q_BTHE = dot("BTD,DHE->BTHE", h_BTD, self.q_DHE[...])
         k_BTKE = dot("BTD,DKE->BTKE", h_BTD, self.k_DKE[...])
         v_BTKE = dot("BTD,DKE->BTKE", h_BTD, self.v_DKE[...])
+        return self.position_qkv(q_BTHE, k_BTKE, v_BTKE, positions_BT, inv_freq)
+
+    def position_qkv(
+        self, q_BTHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, positions_BT: jax.Array,
+        inv_freq: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
+        """Biases, q/k norms and RoPE on the projected queries, keys and values."""
+        cfg = self.cfg
         if cfg.qkv_bias:
             q_BTHE += self.q_bias_HE[...].astype(q_BTHE.dtype)[None, None]
             k_BTKE += self.k_bias_KE[...].astype(k_BTKE.dtype)[None, None]
